@@ -1,0 +1,96 @@
+"""Keep exporters' warnings and log noise out of users' faces, and record it as findings."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+import sysconfig
+import warnings
+from collections.abc import Iterator
+
+from toolchain.artifact import Finding
+
+__all__ = ["capture_findings", "summarize_error"]
+
+_LOGGERS = ("torch", "onnxscript", "onnx_ir", "onnx")
+# NOTE: messages that say nothing about the model being exported.
+_IRRELEVANT = ("torchvision is not installed",)
+_LIBRARY_DIRS = tuple(
+    os.path.realpath(p) for p in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["stdlib"], sys.prefix}
+)
+
+
+class _Collector(logging.Handler):
+    def __init__(self, findings: list[Finding]) -> None:
+        super().__init__(logging.WARNING)
+        self.findings = findings
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage().strip()
+        if message and not any(s in message for s in _IRRELEVANT):
+            first = message.splitlines()[0][:400]
+            self.findings.append(Finding("log", f"{record.name}: {first}", f"{record.pathname}:{record.lineno}"))
+
+
+@contextlib.contextmanager
+def capture_findings() -> Iterator[list[Finding]]:
+    """Capture warnings, library log records and stray prints while exporting.
+
+    Yields the list that collects them as `Finding`s. Deprecation notices raised inside libraries
+    are dropped; every warning that points at user code is kept with its source line.
+    """
+    findings: list[Finding] = []
+    handler = _Collector(findings)
+    saved = []
+    # NOTE: torch gives many sub-loggers their own stderr handler with propagate=False; swap them all.
+    known = [logging.getLogger(n) for n in _LOGGERS]
+    known += [
+        lg
+        for name, lg in list(logging.root.manager.loggerDict.items())
+        if isinstance(lg, logging.Logger) and name.startswith(_LOGGERS) and (lg.handlers or not lg.propagate)
+    ]
+    for logger in dict.fromkeys(known):
+        saved.append((logger, logger.handlers[:], logger.propagate, logger.level))
+        logger.handlers = [handler]
+        logger.propagate = False
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(sink):
+            warnings.simplefilter("always")
+            with contextlib.redirect_stderr(sink):
+                yield findings
+    finally:
+        for logger, handlers, propagate, level in saved:
+            logger.handlers, logger.propagate = handlers, propagate
+            logger.setLevel(level)
+    for w in caught:
+        in_library = os.path.realpath(w.filename).startswith(_LIBRARY_DIRS)
+        if in_library and issubclass(w.category, DeprecationWarning | FutureWarning):
+            continue
+        message = str(w.message).strip().splitlines()[0][:400] if str(w.message).strip() else ""
+        if any(s in message for s in _IRRELEVANT):
+            continue
+        findings.append(Finding("warning", f"{w.category.__name__}: {message}", f"{w.filename}:{w.lineno}"))
+    _deduplicate(findings)
+
+
+def _deduplicate(findings: list[Finding]) -> None:
+    """Collapse findings raised from the same place (kind and source line) into one, counting them."""
+    groups: dict[tuple[str, str, str], list[Finding]] = {}
+    for f in findings:
+        key = (f.kind, f.source, "" if f.source else f.message)
+        groups.setdefault(key, []).append(f)
+    findings[:] = [
+        group[0] if len(group) == 1 else Finding(group[0].kind, f"{group[0].message} (x{len(group)})", group[0].source)
+        for group in groups.values()
+    ]
+
+
+def summarize_error(error: BaseException, *, lines: int = 4) -> str:
+    """The first few meaningful lines of an exporter's exception, joined into one line."""
+    text = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    head = " | ".join(text[:lines]) or type(error).__name__
+    return f"{type(error).__name__}: {head[:800]}"

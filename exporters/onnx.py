@@ -1,0 +1,102 @@
+"""ONNX through the torch.export-based exporter (``torch.onnx.export(dynamo=True)``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from exporters._capture import capture_findings, summarize_error
+from toolchain.artifact import Artifact, Finding
+from toolchain.errors import ExportError
+from toolchain.samples import SampleSet
+from toolchain.spec import ModelSpec
+
+__all__ = ["OnnxExporter", "specialized_dims"]
+
+
+class OnnxExporter:
+    """Exports with ``torch.onnx.export(dynamo=True)``; symbolic dims become ``torch.export.Dim``s."""
+
+    name = "onnx"
+    format = "onnx"
+
+    def __init__(self, *, opset: int = 0) -> None:
+        self.opset = opset
+
+    def export(self, model: Any, spec: ModelSpec, sample: SampleSet, workdir: Path) -> Artifact:
+        """Export `model` into ``workdir/onnx/model.onnx``."""
+        import torch
+
+        rel = "onnx/model.onnx"
+        target = Path(workdir) / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        args = tuple(torch.from_numpy(sample.feeds[n].copy()) for n in spec.inputs)
+        options: dict[str, Any] = {"opset_version": self.opset} if self.opset else {}
+        start = time.perf_counter()
+        with capture_findings() as findings:
+            try:
+                program = torch.onnx.export(
+                    model,
+                    args,
+                    dynamo=True,
+                    input_names=list(spec.inputs),
+                    output_names=list(spec.outputs),
+                    dynamic_shapes=_dynamic_shapes(spec),
+                    verbose=False,
+                    **options,
+                )
+                assert program is not None
+                program.save(str(target))
+            except Exception as e:
+                raise ExportError(f"{spec.name}: torch.onnx.export(dynamo=True) failed: {summarize_error(e)}") from e
+        seconds = time.perf_counter() - start
+        import onnx
+
+        proto = onnx.load(str(target), load_external_data=False)
+        opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+        files = sorted(p.relative_to(workdir).as_posix() for p in target.parent.iterdir() if p.is_file())
+        return Artifact(
+            format="onnx",
+            path=rel,
+            files=tuple(files),
+            exporter="torch.onnx.export(dynamo=True)",
+            opset=opset,
+            export_seconds=seconds,
+            findings=(*findings, *specialized_dims(proto, spec)),
+        )
+
+
+def _dynamic_shapes(spec: ModelSpec) -> tuple[dict[int, Any] | None, ...]:
+    import torch
+
+    dims = {}
+    for sym in spec.symbols():
+        d = spec.dim(sym)
+        dims[sym] = torch.export.Dim(sym, min=d.min, max=d.max) if d.max else torch.export.Dim(sym, min=d.min)
+    return tuple(
+        {axis: dims[s] for axis, s in enumerate(inp.shape) if isinstance(s, str)} or None
+        for inp in spec.inputs.values()
+    )
+
+
+def specialized_dims(proto: Any, spec: ModelSpec) -> list[Finding]:
+    """Findings for every declared symbolic dim that the exported graph fixed to a number."""
+    found = []
+    graph_inputs = {i.name: i for i in proto.graph.input}
+    for name, inp in spec.inputs.items():
+        value_info = graph_inputs.get(name)
+        if value_info is None:
+            found.append(Finding("missing-input", f"input {name!r} is not an input of the exported graph"))
+            continue
+        dims = value_info.type.tensor_type.shape.dim
+        for axis, (want, got) in enumerate(zip(inp.shape, dims, strict=False)):
+            if isinstance(want, str) and got.HasField("dim_value"):
+                found.append(
+                    Finding(
+                        "specialized-dim",
+                        f"input {name!r} axis {axis} is declared {want!r} but the exported graph fixes it "
+                        f"to {got.dim_value}",
+                    )
+                )
+    return found

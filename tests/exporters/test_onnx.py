@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from exporters.onnx import OnnxExporter
+from tests.conftest import TINY
+from toolchain.errors import ExportError
+from toolchain.samples import generate_samples
+from toolchain.spec import Dim, Input, ModelSpec
+
+
+def _export(spec: ModelSpec, workdir: Path):
+    model = spec.build().eval()
+    return OnnxExporter().export(model, spec, generate_samples(spec)[0], workdir)
+
+
+def test_symbolic_dims_stay_symbolic_in_the_graph(tmp_path: Path) -> None:
+    artifact = _export(TINY, tmp_path)
+    assert artifact.path == "onnx/model.onnx"
+    assert artifact.files == ("onnx/model.onnx",)
+    assert artifact.opset >= 18
+    model = onnx.load(str(tmp_path / artifact.path))
+    (graph_input,) = model.graph.input
+    assert graph_input.name == "x"
+    dims = graph_input.type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch"
+    assert dims[1].dim_value == 4
+    assert [o.name for o in model.graph.output] == ["y"]
+    assert not [f for f in artifact.findings if f.kind == "specialized-dim"]
+
+
+class DataDependentBranch(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return x * 2
+        return x
+
+
+def test_exporter_failure_is_an_export_error_with_the_reason(tmp_path: Path) -> None:
+    spec = ModelSpec(
+        name="test.bad",
+        factory=DataDependentBranch,
+        inputs={"x": Input.normal(("batch", 4))},
+        dims={"batch": Dim(example=3)},
+    )
+    with pytest.raises(ExportError, match=r"test\.bad: torch\.onnx\.export\(dynamo=True\) failed: \w+"):
+        _export(spec, tmp_path)
+
+
+def test_export_noise_becomes_findings_not_output(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    class Warns(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            import warnings
+
+            warnings.warn("user code says careful", UserWarning, stacklevel=1)
+            return x + 1
+
+    spec = ModelSpec(name="test.warns", factory=Warns, inputs={"x": Input.normal(("batch", 4))})
+    artifact = _export(spec, tmp_path)
+    captured = capfd.readouterr()
+    assert "careful" not in captured.out + captured.err
+    assert any(f.kind == "warning" and "careful" in f.message and "test_onnx.py" in f.source for f in artifact.findings)

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtimes import RUNTIMES, runtime_for
+from runtimes.ort import OrtOptions, OrtRuntime
+from toolchain.errors import FeedError, RuntimeLoadError
+from toolchain.package import open_package
+
+
+@pytest.fixture
+def session(tiny_package: Path):
+    package = open_package(tiny_package)
+    return OrtRuntime().load(tiny_package / "onnx/model.onnx", signature=package.signature)
+
+
+def test_runs_and_names_outputs(session) -> None:
+    out = session.run({"x": np.ones((5, 4), np.float32)})
+    assert list(out) == ["y"]
+    assert out["y"].shape == (5, 2)
+    assert out["y"].dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("feeds", "message"),
+    [
+        ({}, r"missing \['x'\]"),
+        ({"x": np.ones((2, 4), np.float32), "z": np.ones(1)}, r"unexpected \['z'\]"),
+        ({"x": np.ones((2, 4), np.float64)}, r"input 'x': expected float32\[batch, 4\], got float64\[2, 4\]"),
+        ({"x": np.ones((2, 4, 1), np.float32)}, "input 'x': expected float32"),
+        ({"x": np.ones((2, 5), np.float32)}, "axis 1 must be 4, got 5"),
+        ({"x": [[1.0] * 4]}, "expected a numpy array"),
+    ],
+)
+def test_bad_feeds_are_named(session, feeds, message: str) -> None:
+    with pytest.raises(FeedError, match=message):
+        session.run(feeds)
+
+
+def test_native_signature_is_read_from_the_model(tiny_package: Path) -> None:
+    session = OrtRuntime().load(tiny_package / "onnx/model.onnx")
+    (inp,) = session.signature.inputs
+    assert (inp.name, inp.dtype, inp.shape) == ("x", "float32", ("batch", 4))
+
+
+def test_shared_symbol_must_agree_across_inputs(dlrm_package: Path) -> None:
+    package = open_package(dlrm_package)
+    session = OrtRuntime().load(dlrm_package / "onnx/model.onnx", signature=package.signature)
+    feeds = {"dense": np.zeros((2, 13), np.float32), "sparse": np.zeros((3, 8, 4), np.int64)}
+    with pytest.raises(FeedError, match="dim 'batch' is 3 here but 2"):
+        session.run(feeds)
+
+
+def test_corrupt_model_is_a_load_error(tmp_path: Path) -> None:
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not a protobuf")
+    with pytest.raises(RuntimeLoadError, match="could not load"):
+        OrtRuntime().load(bad)
+    with pytest.raises(RuntimeLoadError, match="no such ONNX file"):
+        OrtRuntime().load(tmp_path / "absent.onnx")
+
+
+def test_unavailable_provider_lists_the_available_ones(tiny_package: Path) -> None:
+    runtime = OrtRuntime(OrtOptions(providers=("NoSuchExecutionProvider",)))
+    with pytest.raises(RuntimeLoadError, match=r"not available here; available: \[.*CPUExecutionProvider"):
+        runtime.load(tiny_package / "onnx/model.onnx")
+
+
+def test_registry_finds_ort_for_onnx() -> None:
+    assert runtime_for("onnx") is RUNTIMES.get("ort")
+    assert runtime_for("no-such-format") is None

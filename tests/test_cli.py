@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from toolchain.cli import app
+from toolchain.errors import SpecError, TargetError
+from toolchain.spec import SPECS
+from toolchain.target import resolve_target
+
+runner = CliRunner()
+
+USER_MODEL = """
+import torch
+from torch import nn
+from toolchain import Dim, exportable
+
+@exportable(name="{name}", inputs={{"x": ("batch", 4)}}, outputs=["y"], dims={{"batch": Dim(example=3)}})
+class UserModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return {body}
+"""
+
+
+def _user_file(tmp_path: Path, name: str, body: str = "self.fc(x)") -> Path:
+    path = tmp_path / f"{name.replace('.', '_')}.py"
+    path.write_text(textwrap.dedent(USER_MODEL.format(name=name, body=body)))
+    return path
+
+
+@pytest.fixture
+def cleanup_specs():
+    before = set(SPECS.names())
+    yield
+    for name in set(SPECS.names()) - before:
+        SPECS.unregister(name)
+
+
+def test_help_is_instant_and_imports_no_torch() -> None:
+    code = "import sys, toolchain.cli; bad = {'torch', 'onnxruntime', 'onnx'} & set(sys.modules); assert not bad, bad"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("export", "verify", "inspect", "zoo"):
+        assert command in result.output
+
+
+def test_export_and_verify_a_user_file(tmp_path: Path, cleanup_specs) -> None:
+    path = _user_file(tmp_path, "user.linear")
+    out = tmp_path / "pkg"
+    result = runner.invoke(app, ["export", f"{path}:UserModel", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "package written" in result.output
+    result = runner.invoke(app, ["verify", str(out)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["inspect", str(out)])
+    assert "dim    batch: verified at [1, 3, 7]" in result.output
+
+
+def test_export_that_fails_parity_writes_nothing(tmp_path: Path, cleanup_specs) -> None:
+    path = _user_file(tmp_path, "user.noisy", body="self.fc(x) + torch.rand_like(self.fc(x))")
+    out = tmp_path / "pkg"
+    result = runner.invoke(app, ["export", f"{path}:UserModel", "--out", str(out)])
+    assert result.exit_code == 1
+    assert "FAILED at stage 'verify'" in result.output
+    assert "sample 'batch-1'" in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("tamper", "named"),
+    [
+        (lambda p: _flip_byte(p / "onnx/model.onnx"), "onnx/model.onnx"),
+        (lambda p: (p / "samples/batch-1/inputs/x.npy").unlink(), "samples/batch-1/inputs/x.npy"),
+        (lambda p: (p / "notes.txt").write_text("hi"), "notes.txt"),
+    ],
+)
+def test_verify_fails_naming_the_tampered_file(tiny_package: Path, copy_of, tamper, named: str) -> None:
+    pkg = copy_of(tiny_package)
+    tamper(pkg)
+    result = runner.invoke(app, ["verify", str(pkg)])
+    assert result.exit_code == 1
+    assert named in result.output
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_toolchain_error_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["export", "no.such.model", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: no model named 'no.such.model'; known: ")
+    assert "feed.dlrm_small" in lines[0]
+
+
+def test_zoo_lists_the_registered_models() -> None:
+    result = runner.invoke(app, ["zoo"])
+    assert result.exit_code == 0
+    assert "feed.dlrm_small" in result.output
+    assert "image.cnn_small" in result.output
+
+
+def test_resolve_registered_name_and_module_attr_agree() -> None:
+    assert resolve_target("feed.dlrm_small") is resolve_target("zoo.feed:DLRMSmall")
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("zoo.feed:Nothing", "has no attribute 'Nothing'"),
+        ("zoo.feed:nn", "not declared for export"),
+        ("no_such_module_xyz:Model", "cannot import module"),
+        ("missing/file.py:Model", "no such Python file"),
+        (":Model", "must look like"),
+    ],
+)
+def test_resolve_errors(target: str, message: str) -> None:
+    with pytest.raises(TargetError, match=message):
+        resolve_target(target)
+
+
+def test_resolve_file_that_fails_to_import(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("import torch\nraise RuntimeError('broken research code')\n")
+    with pytest.raises(TargetError, match="broken research code"):
+        resolve_target(f"{bad}:Model")
+
+
+def test_resolve_file_with_a_bad_declaration_keeps_the_spec_error(tmp_path: Path) -> None:
+    bad = tmp_path / "baddecl.py"
+    bad.write_text(
+        "from toolchain import Dim, exportable\n"
+        "@exportable(name='bad.decl', inputs={'x': ('batch', 4)}, dims={'bacth': Dim()})\n"
+        "def build():\n    pass\n"
+    )
+    with pytest.raises(SpecError, match="'bacth'"):
+        resolve_target(f"{bad}:build")

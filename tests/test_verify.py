@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from tests.conftest import rehash
+from toolchain.verify import verify_package
+
+# NOTE: make torch, onnx and onnxscript unimportable, as on a production host that has none of them.
+TORCHLESS = (
+    "import sys\n"
+    "for name in ('torch', 'onnx', 'onnxscript'):\n"
+    "    sys.modules[name] = None\n"
+    "from toolchain.cli import main\n"
+    "sys.argv = ['toolchain', 'verify', sys.argv[1]]\n"
+    "try:\n"
+    "    main()\n"
+    "finally:\n"
+    "    assert sys.modules.get('torch') is None, 'torch was imported'\n"
+)
+
+
+def _verify_without_torch(package: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", TORCHLESS, str(package)], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_verify_passes_on_every_sample_set(dlrm_package: Path) -> None:
+    report = verify_package(dlrm_package)
+    assert report, report.failure_lines()
+    (check,) = report.checks
+    assert [r.sample for r in check.reports] == ["export", "batch-1", "batch-17"]
+
+
+def test_verify_runs_without_torch(dlrm_package: Path) -> None:
+    proc = _verify_without_torch(dlrm_package)
+    assert proc.returncode == 0, proc.stderr
+    assert "verified" in proc.stdout
+
+
+def test_verify_without_torch_still_fails_a_corrupted_package(dlrm_package: Path, copy_of) -> None:
+    pkg = copy_of(dlrm_package)
+    (pkg / "samples/batch-1/expected/score.npy").unlink()
+    proc = _verify_without_torch(pkg)
+    assert proc.returncode == 1
+    assert "samples/batch-1/expected/score.npy" in proc.stderr
+
+
+def _scale_one_initializer(package: Path, factor: float) -> str:
+    path = package / "onnx/model.onnx"
+    model = onnx.load(str(path))
+    init = next(i for i in model.graph.initializer if i.name.startswith("top.") and i.name.endswith("weight"))
+    array = numpy_helper.to_array(init)
+    init.CopyFrom(numpy_helper.from_array((array * factor).astype(array.dtype), init.name))
+    onnx.save(model, str(path))
+    rehash(package, "onnx/model.onnx")
+    return init.name
+
+
+def test_scaled_initializer_with_valid_hashes_fails_parity(dlrm_package: Path, copy_of) -> None:
+    pkg = copy_of(dlrm_package)
+    _scale_one_initializer(pkg, 1.01)
+    report = verify_package(pkg)
+    assert not report
+    assert report.problems == ()
+    lines = report.failure_lines()
+    assert any("onnx/model.onnx" in ln and "'score'" in ln and "sample 'batch-17'" in ln for ln in lines), lines
+
+
+def test_corrupted_sample_array_is_reported(tiny_package: Path, copy_of) -> None:
+    pkg = copy_of(tiny_package)
+    target = pkg / "samples/export/inputs/x.npy"
+    target.write_bytes(b"\x93NUMPY garbage")
+    rehash(pkg, "samples/export/inputs/x.npy")
+    report = verify_package(pkg)
+    assert not report
+    assert any("x.npy" in ln for ln in report.failure_lines())
+
+
+def test_expected_outputs_changed_consistently_fail(tiny_package: Path, copy_of) -> None:
+    pkg = copy_of(tiny_package)
+    target = pkg / "samples/batch-7/expected/y.npy"
+    np.save(target, np.load(target) + np.float32(1e-2), allow_pickle=False)
+    rehash(pkg, "samples/batch-7/expected/y.npy")
+    lines = verify_package(pkg).failure_lines()
+    assert any("output 'y' on sample 'batch-7'" in ln for ln in lines), lines
+
+
+@pytest.mark.parametrize("missing", ["", "nowhere"])
+def test_verify_of_a_missing_folder(tmp_path: Path, missing: str) -> None:
+    report = verify_package(tmp_path / "absent" / missing)
+    assert not report
+    assert "no such package folder" in report.failure_lines()[0]

@@ -1,0 +1,130 @@
+"""The ``toolchain`` command line: a thin typer app over the library; heavy imports live in commands."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from toolchain.errors import ToolchainError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="toolchain",
+    help="Export PyTorch models, verify parity with eager on every declared size, and package them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _one_line_errors(command: F) -> F:
+    """Print a `ToolchainError` as one line on stderr and exit 1; other errors keep their traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ToolchainError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@_one_line_errors
+def export(
+    target: Annotated[str, typer.Argument(help="Registered name, package.module:attr, or path/file.py:attr.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Package folder to create.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing package at --out.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for the generated sample inputs.")] = 0,
+) -> None:
+    """Export TARGET to ONNX, verify it against eager on every sample size, and write a package."""
+    from rich.console import Console
+
+    from toolchain.pipeline import export_package
+    from toolchain.target import resolve_target
+
+    console = Console(stderr=True)
+    spec = resolve_target(target)
+    with console.status(f"{spec.name}: starting") as status:
+        result = export_package(spec, out, force=force, seed=seed, progress=status.update)
+    for stage in result.stages:
+        typer.echo(f"  {stage.name:<10} {stage.status:<8} {stage.seconds:6.2f}s  {stage.detail}".rstrip())
+    for report in result.reports:
+        typer.echo(f"  {report}".replace("\n", "\n  "))
+    if not result:
+        failed = result.failed_stage
+        name = failed.name if failed else "?"
+        typer.echo(f"FAILED at stage '{name}': no package was written to {out}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"package written: {result.package} (report: {result.package}/report.md)")
+
+
+@app.command()
+@_one_line_errors
+def verify(package: Annotated[Path, typer.Argument(help="Package folder to check.")]) -> None:
+    """Check every file's hash, then replay the golden samples; exit 1 on any failure."""
+    from toolchain.verify import verify_package
+
+    report = verify_package(package)
+    for line in report.summary_lines():
+        typer.echo(line)
+    if not report:
+        for line in report.failure_lines():
+            typer.echo(f"FAIL {line}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"verified: {package}")
+
+
+@app.command()
+@_one_line_errors
+def inspect(package: Annotated[Path, typer.Argument(help="Package folder to describe.")]) -> None:
+    """Print a package's signature, artifacts and recorded parity (after checking its hashes)."""
+    from toolchain.package import open_package
+
+    pkg = open_package(package)
+    sig = pkg.signature
+    typer.echo(f"{pkg.name} {pkg.manifest.get('version', '')}  ({pkg.manifest.get('source', '')})")
+    for t in sig.inputs:
+        typer.echo(f"  input  {t.name}: {t.describe()}")
+    for t in sig.outputs:
+        typer.echo(f"  output {t.name}: {t.describe()}")
+    for sym, sizes in sig.verified_sizes.items():
+        typer.echo(f"  dim    {sym}: verified at {list(sizes)}")
+    for art in pkg.artifacts:
+        parity = pkg.manifest.get("parity", {}).get(art["path"], {})
+        typer.echo(
+            f"  artifact {art['path']} [{art['format']}, {art['variant']}, opset {art['opset']}] "
+            f"parity {'passed' if parity.get('passed') else 'FAILED'} on {parity.get('sample_sets', [])}"
+        )
+
+
+@app.command()
+@_one_line_errors
+def zoo() -> None:
+    """List the registered models."""
+    import zoo as _zoo  # noqa: F401 - registers the zoo's models
+    from toolchain.spec import SPECS
+
+    for name in SPECS:
+        spec = SPECS.get(name)
+        inputs = ", ".join(f"{k}:{v.dtype}{list(v.shape)}" for k, v in spec.inputs.items())
+        tags = ",".join(spec.tags)
+        typer.echo(f"{name:<24} {tags:<18} {inputs} -> {', '.join(spec.outputs)}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The one exception family: every failure the toolchain can explain is a `ToolchainError`."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ExportError",
+    "FeedError",
+    "InferenceError",
+    "PackageError",
+    "ParityError",
+    "RuntimeLoadError",
+    "SpecError",
+    "TargetError",
+    "ToolchainError",
+]
+
+
+class ToolchainError(Exception):
+    """Base of every error the toolchain raises on purpose; the CLI prints it as one line."""
+
+
+class SpecError(ToolchainError):
+    """A model declaration (`@exportable`, `ModelSpec`) is malformed."""
+
+
+class TargetError(ToolchainError):
+    """A TARGET given on the command line does not name a model the toolchain can build."""
+
+
+class ExportError(ToolchainError):
+    """An exporter could not produce an artifact."""
+
+
+class RuntimeLoadError(ToolchainError):
+    """A runtime could not load an artifact."""
+
+
+class FeedError(ToolchainError):
+    """Inputs given to a session do not match the model's signature."""
+
+
+class InferenceError(ToolchainError):
+    """A runtime failed while running a loaded model."""
+
+
+class ParityError(ToolchainError):
+    """An artifact does not compute the same function as the eager model."""
+
+
+class PackageError(ToolchainError):
+    """A package folder is missing, corrupted, or would be overwritten."""

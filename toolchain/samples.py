@@ -1,0 +1,55 @@
+"""Seeded input sets generated from a spec: the export size, then other sizes of every symbolic dim."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from toolchain.spec import Input, ModelSpec
+
+__all__ = ["SampleSet", "generate_samples", "make_feed"]
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """One named set of inputs, with the size each symbolic dim takes in it."""
+
+    name: str
+    sizes: Mapping[str, int]
+    feeds: Mapping[str, np.ndarray]
+
+
+def generate_samples(spec: ModelSpec, *, seed: int = 0) -> list[SampleSet]:
+    """Input sets for `spec`: ``export`` at every dim's example size, then one set per other size.
+
+    Each extra set moves a single symbolic dim (``batch-1``, ``batch-9``) and keeps the others at their
+    export size, so a failure points at one dim. Values respect each input's domain.
+    """
+    base = {sym: spec.dim(sym).example for sym in spec.symbols()}
+    plans: list[tuple[str, dict[str, int]]] = [("export", base)]
+    for sym in spec.symbols():
+        plans.extend((f"{sym}-{size}", {**base, sym: size}) for size in spec.dim(sym).sizes()[1:])
+    sets = []
+    for index, (name, sizes) in enumerate(plans):
+        rng = np.random.default_rng([seed, index])
+        feeds = {key: make_feed(inp, sizes, rng) for key, inp in spec.inputs.items()}
+        sets.append(SampleSet(name=name, sizes=sizes, feeds=feeds))
+    return sets
+
+
+def make_feed(inp: Input, sizes: Mapping[str, int], rng: np.random.Generator) -> np.ndarray:
+    """One array for `inp` with symbolic dims resolved from `sizes`."""
+    shape = tuple(sizes[d] if isinstance(d, str) else d for d in inp.shape)
+    dtype = np.dtype(inp.dtype)
+    if inp.domain == "normal":
+        return rng.standard_normal(shape).astype(dtype)
+    if inp.domain == "uniform":
+        values = rng.uniform(inp.low, inp.high, shape).astype(dtype)
+        # NOTE: rounding to a narrow float can reach `high`; keep the promised half-open range.
+        below = np.nextafter(dtype.type(inp.high), dtype.type(inp.low))
+        return np.where(values >= dtype.type(inp.high), below, values).astype(dtype)
+    if inp.domain == "ids":
+        return rng.integers(int(inp.low), int(inp.high), shape).astype(dtype)
+    return rng.integers(0, 2, shape).astype(dtype)  # mask

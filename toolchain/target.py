@@ -1,0 +1,80 @@
+"""Resolve a TARGET (registered name, ``package.module:attr`` or ``path/file.py:attr``) to a spec."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from toolchain.errors import TargetError, ToolchainError
+from toolchain.spec import SPECS, ModelSpec, spec_for
+
+__all__ = ["resolve_target"]
+
+
+def resolve_target(target: str) -> ModelSpec:
+    """The `ModelSpec` that `target` names.
+
+    A bare name is looked up among the registered models (the zoo is imported first); with a colon,
+    the part before it is a module or a ``.py`` file to import and the part after it the attribute:
+    an ``@exportable`` class or function, or a `ModelSpec`.
+    """
+    if ":" not in target:
+        import zoo  # noqa: F401 - registers the zoo's models
+
+        return SPECS.get(target)
+    where, _, attr = target.rpartition(":")
+    if not where or not attr:
+        raise TargetError(f"TARGET {target!r} must look like 'name', 'pkg.module:attr' or 'path/file.py:attr'")
+    module = _import_file(Path(where)) if where.endswith(".py") or "/" in where else _import_module(where)
+    if not hasattr(module, attr):
+        public = sorted(n for n in vars(module) if not n.startswith("_"))
+        raise TargetError(f"{where} has no attribute {attr!r}; it defines: {', '.join(public[:20]) or 'nothing'}")
+    obj = getattr(module, attr)
+    if isinstance(obj, ModelSpec):
+        return obj
+    spec = spec_for(obj)
+    if spec is None:
+        raise TargetError(
+            f"{target}: {attr} is not declared for export; decorate it with "
+            "@toolchain.exportable(name=..., inputs=...) or point at a registered name"
+        )
+    return spec
+
+
+def _import_module(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ToolchainError:
+        raise
+    except ModuleNotFoundError as e:
+        raise TargetError(f"cannot import module {name!r}: {e}; is it installed or on PYTHONPATH?") from e
+    except Exception as e:
+        raise TargetError(f"importing module {name!r} failed: {type(e).__name__}: {e}") from e
+
+
+def _import_file(path: Path) -> ModuleType:
+    path = path.resolve()
+    if not path.is_file():
+        raise TargetError(f"{path}: no such Python file")
+    name = "toolchain_target_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise TargetError(f"{path}: cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))  # NOTE: lets the file import its sibling modules.
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except ToolchainError:
+        del sys.modules[name]
+        raise
+    except Exception as e:
+        del sys.modules[name]
+        raise TargetError(f"importing {path} failed: {type(e).__name__}: {e}") from e
+    return module

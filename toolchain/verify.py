@@ -1,0 +1,116 @@
+"""Re-verify a package on any host: integrity first, then replay golden samples on each runtime here.
+
+Needs numpy and onnxruntime only; never imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtimes import runtime_for
+from toolchain.errors import ToolchainError
+from toolchain.package import Package, Problem, check_integrity, load_array, open_package
+from toolchain.parity import ParityReport, Tolerance, compare
+
+__all__ = ["ArtifactCheck", "VerificationReport", "replay", "verify_package"]
+
+
+@dataclass(frozen=True)
+class ArtifactCheck:
+    """One artifact replayed on one runtime over every golden sample set."""
+
+    artifact: str
+    runtime: str
+    reports: tuple[ParityReport, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.reports) and all(self.reports)
+
+
+@dataclass(frozen=True)
+class VerificationReport:
+    """Outcome of `verify_package`; truthy only when the package is intact and every replay passed."""
+
+    package: Path
+    problems: tuple[Problem, ...] = ()
+    checks: tuple[ArtifactCheck, ...] = ()
+    skipped: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return not self.problems and bool(self.checks) and all(self.checks)
+
+    def failure_lines(self) -> list[str]:
+        """One line per failure, naming the file, output and sample."""
+        lines = [str(p) for p in self.problems]
+        for check in self.checks:
+            for report in check.reports:
+                if report.error:
+                    lines.append(f"{check.artifact}: sample {report.sample!r}: could not run: {report.error}")
+                lines.extend(
+                    f"{check.artifact}: output {o.name!r} on sample {report.sample!r}: {o.describe()}"
+                    for o in report.failures
+                )
+        if not self.problems and not self.checks:
+            lines.append(f"{self.package}: no artifact could be run on this host (skipped: {list(self.skipped)})")
+        return lines
+
+    def summary_lines(self) -> list[str]:
+        """One line per artifact replayed or skipped."""
+        lines = []
+        for check in self.checks:
+            passed = sum(bool(r) for r in check.reports)
+            worst = max((o.worst_ratio for r in check.reports for o in r.outputs), default=0.0)
+            lines.append(
+                f"{check.artifact} on {check.runtime}: {passed}/{len(check.reports)} sample sets passed "
+                f"(worst error at {worst:.3g}x of the allowed)"
+            )
+        lines.extend(f"{s}: skipped, no runtime for it on this host" for s in self.skipped)
+        return lines
+
+
+def verify_package(path: Path) -> VerificationReport:
+    """Check hashes and the exact file set, then replay every sample on every runnable artifact."""
+    path = Path(path)
+    problems = check_integrity(path)
+    if problems:
+        return VerificationReport(path, problems=tuple(problems))
+    package = open_package(path)
+    try:
+        tolerance = package.tolerance
+        checks, skipped = [], []
+        for entry in package.artifacts:
+            runtime = runtime_for(str(entry.get("format")))
+            if runtime is None:
+                skipped.append(str(entry.get("path")))
+                continue
+            session = runtime.load(package.file(str(entry["path"])), signature=package.signature)
+            checks.append(ArtifactCheck(str(entry["path"]), runtime.name, replay(package, session, tolerance)))
+    except (KeyError, TypeError, ValueError) as e:
+        problem = Problem("manifest.json", f"malformed entry ({type(e).__name__}: {e})")
+        return VerificationReport(path, problems=(problem,))
+    except ToolchainError as e:
+        return VerificationReport(path, problems=(Problem(path.name, str(e)),))
+    return VerificationReport(path, checks=tuple(checks), skipped=tuple(skipped))
+
+
+def replay(package: Package, session: Any, tolerance: Tolerance) -> tuple[ParityReport, ...]:
+    """Run `session` on every golden sample set of `package` and compare with the recorded outputs."""
+    reports = []
+    for sample in package.samples:
+        name = str(sample["name"])
+        feeds = _arrays(package, sample["inputs"])
+        expected = _arrays(package, sample["expected"])
+        try:
+            actual = session.run(feeds)
+        except ToolchainError as e:
+            reports.append(ParityReport.could_not_run(str(e), sample=name))
+            continue
+        reports.append(compare(expected, actual, tolerance, sample=name))
+    return tuple(reports)
+
+
+def _arrays(package: Package, entries: Mapping[str, str]) -> dict[str, Any]:
+    return {key: load_array(package.file(rel)) for key, rel in entries.items()}
