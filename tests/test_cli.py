@@ -149,3 +149,14 @@ def test_resolve_file_with_a_bad_declaration_keeps_the_spec_error(tmp_path: Path
     )
     with pytest.raises(SpecError, match="'bacth'"):
         resolve_target(f"{bad}:build")
+
+
+def test_readme_example_exports(tmp_path: Path, cleanup_specs) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "readme_example.py"
+    path.write_text(code)
+    out = tmp_path / "pkg"
+    result = runner.invoke(app, ["export", f"{path}:Ranker", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(app, ["verify", str(out)]).exit_code == 0
