@@ -1,11 +1,14 @@
-"""Exporters, one module per export path, collected in `EXPORTERS`.
+"""Exporters, one module per export path, collected in `EXPORTERS` in the order paths are tried.
 
 Each module imports torch and its exporter lazily, so importing this package stays cheap.
 """
 
 from __future__ import annotations
 
+from exporters.exported_program import ExportedProgramExporter
 from exporters.onnx import OnnxExporter
+from exporters.onnx_legacy import LegacyOnnxExporter
+from exporters.torchscript import TorchScriptExporter
 from toolchain.protocols import Exporter
 from toolchain.registry import Registry
 
@@ -13,3 +16,6 @@ __all__ = ["EXPORTERS"]
 
 EXPORTERS: Registry[Exporter] = Registry("exporter")
 EXPORTERS.register("onnx", OnnxExporter())
+EXPORTERS.register("onnx_legacy", LegacyOnnxExporter())
+EXPORTERS.register("torchscript", TorchScriptExporter())
+EXPORTERS.register("exported_program", ExportedProgramExporter())

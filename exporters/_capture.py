@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import sys
 import sysconfig
 import warnings
@@ -15,6 +16,7 @@ from toolchain.artifact import Finding
 
 __all__ = ["capture_findings", "summarize_error"]
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _LOGGERS = ("torch", "onnxscript", "onnx_ir", "onnx")
 # NOTE: messages that say nothing about the model being exported.
 _IRRELEVANT = ("torchvision is not installed",)
@@ -91,6 +93,6 @@ def _deduplicate(findings: list[Finding]) -> None:
 
 def summarize_error(error: BaseException, *, lines: int = 4) -> str:
     """The first few meaningful lines of an exporter's exception, joined into one line."""
-    text = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    text = [ln.strip() for ln in _ANSI.sub("", str(error)).splitlines() if ln.strip()]
     head = " | ".join(text[:lines]) or type(error).__name__
     return f"{type(error).__name__}: {head[:800]}"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from exporters._capture import capture_findings, summarize_error
+from exporters._shapes import exported_program_findings
 from toolchain.artifact import Artifact, Finding
 from toolchain.errors import ExportError
 from toolchain.samples import SampleSet
@@ -48,6 +49,8 @@ class OnnxExporter:
                 )
                 assert program is not None
                 program.save(str(target))
+                ep = program.exported_program
+                shape_findings = exported_program_findings(ep, spec) if ep is not None else []
             except Exception as e:
                 raise ExportError(f"{spec.name}: torch.onnx.export(dynamo=True) failed: {summarize_error(e)}") from e
         seconds = time.perf_counter() - start
@@ -63,7 +66,7 @@ class OnnxExporter:
             exporter="torch.onnx.export(dynamo=True)",
             opset=opset,
             export_seconds=seconds,
-            findings=(*findings, *specialized_dims(proto, spec)),
+            findings=(*findings, *shape_findings, *specialized_dims(proto, spec)),
         )
 
 

@@ -6,7 +6,9 @@ is cheap and works on hosts without torch.
 
 from __future__ import annotations
 
+from runtimes.exported_program import ExportedProgramRuntime
 from runtimes.ort import OrtRuntime
+from runtimes.torchscript import TorchScriptRuntime
 from toolchain.protocols import Runtime
 from toolchain.registry import Registry
 
@@ -14,6 +16,8 @@ __all__ = ["RUNTIMES", "runtime_for"]
 
 RUNTIMES: Registry[Runtime] = Registry("runtime")
 RUNTIMES.register("ort", OrtRuntime())
+RUNTIMES.register("torchscript", TorchScriptRuntime())
+RUNTIMES.register("exported_program", ExportedProgramRuntime())
 
 
 def runtime_for(fmt: str) -> Runtime | None:

@@ -52,7 +52,7 @@ class OrtSession:
             )
         so = ort.SessionOptions()
         so.intra_op_num_threads = options.intra_op_threads
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # NOTE: errors come back as exceptions; keep ORT's own log quiet.
         try:
             self._session = ort.InferenceSession(str(path), sess_options=so, providers=list(options.providers))
         except Exception as e:
@@ -90,6 +90,7 @@ class OrtRuntime:
 
     name = "ort"
     formats: tuple[str, ...] = ("onnx",)
+    runs_code = False
 
     def __init__(self, options: OrtOptions = OrtOptions()) -> None:
         self.options = options

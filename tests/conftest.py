@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -30,6 +31,18 @@ TINY = ModelSpec(
     outputs=("y",),
     dims={"batch": Dim(example=3)},
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_trust_list(tmp_path_factory: pytest.TempPathFactory):
+    """Keep the machine's real trust list out of the tests (subprocesses inherit it too)."""
+    saved = os.environ.get("TOOLCHAIN_HOME")
+    os.environ["TOOLCHAIN_HOME"] = str(tmp_path_factory.mktemp("toolchain-home"))
+    yield
+    if saved is None:
+        del os.environ["TOOLCHAIN_HOME"]
+    else:
+        os.environ["TOOLCHAIN_HOME"] = saved
 
 
 @pytest.fixture(scope="session")

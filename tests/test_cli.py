@@ -71,8 +71,8 @@ def test_export_that_fails_parity_writes_nothing(tmp_path: Path, cleanup_specs) 
     out = tmp_path / "pkg"
     result = runner.invoke(app, ["export", f"{path}:UserModel", "--out", str(out)])
     assert result.exit_code == 1
-    assert "FAILED at stage 'verify'" in result.output
-    assert "sample 'batch-1'" in result.output
+    assert "FAILED at stage 'export': every path was rejected" in result.output
+    assert "parity failed on sample 'export'" in result.output
     assert not out.exists()
 
 

@@ -21,13 +21,25 @@ def test_package_holds_manifest_samples_and_reports(tiny_package: Path) -> None:
     assert manifest["name"] == "test.tiny"
     assert {"torch", "onnx", "onnxruntime", "numpy", "toolchain"} <= set(manifest["versions"])
     assert manifest["signature"]["verified_sizes"] == {"batch": [1, 3, 7]}
-    assert manifest["artifacts"][0]["path"] == "onnx/model.onnx"
-    assert manifest["parity"]["onnx/model.onnx"]["passed"] is True
+    paths = [a["path"] for a in manifest["artifacts"]]
+    assert paths == [
+        "onnx/model.onnx",
+        "onnx_legacy/model.onnx",
+        "torchscript/model.pt",
+        "exported_program/model.pt2",
+    ]
+    assert all(manifest["parity"][p]["passed"] for p in paths)
+    assert manifest["rejected"] == []
+    assert manifest["signature"]["outputs"] == [{"name": "y", "dtype": "float32", "shape": ["batch", 2]}]
     listed = {e["path"] for e in manifest["files"]}
     assert {"onnx/model.onnx", "report.json", "report.md", "samples/batch-1/inputs/x.npy"} <= listed
     assert "samples/batch-7/expected/y.npy" in listed
     assert check_integrity(tiny_package) == []
-    assert "| batch-1 | batch=1 | y |" in (tiny_package / "report.md").read_text()
+    report = (tiny_package / "report.md").read_text()
+    assert "| batch-1 | batch=1 | y |" in report
+    assert (
+        "| path | status | export s | findings | export (batch=3) | batch-1 (batch=1) | batch-7 (batch=7) |" in report
+    )
 
 
 def test_failure_mid_export_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,10 +53,11 @@ def test_failure_mid_export_leaves_no_folder(tmp_path: Path, monkeypatch: pytest
 
     monkeypatch.setattr(pipeline.EXPORTERS, "_entries", {"onnx": Broken()})
     out = tmp_path / "pkg"
-    result = pipeline.export_package(TINY, out)
+    result = pipeline.export_package(TINY, out, formats=["onnx"])
     assert not result
     assert result.stage("export").status == "failed"
     assert "simulated crash" in result.stage("export").detail
+    assert result.path("onnx").status == "rejected"
     assert result.stage("package").status == "not run"
     assert not out.exists()
     assert _leftovers(tmp_path) == []

@@ -35,8 +35,9 @@ def _verify_without_torch(package: Path) -> subprocess.CompletedProcess[str]:
 def test_verify_passes_on_every_sample_set(dlrm_package: Path) -> None:
     report = verify_package(dlrm_package)
     assert report, report.failure_lines()
-    (check,) = report.checks
-    assert [r.sample for r in check.reports] == ["export", "batch-1", "batch-17"]
+    assert len(report.checks) == 4
+    for check in report.checks:
+        assert [r.sample for r in check.reports] == ["export", "batch-1", "batch-17"]
 
 
 def test_verify_runs_without_torch(dlrm_package: Path) -> None:
@@ -98,3 +99,32 @@ def test_verify_of_a_missing_folder(tmp_path: Path, missing: str) -> None:
     report = verify_package(tmp_path / "absent" / missing)
     assert not report
     assert "no such package folder" in report.failure_lines()[0]
+
+
+def test_own_export_replays_every_artifact(tiny_package: Path) -> None:
+    report = verify_package(tiny_package)
+    assert report, report.failure_lines()
+    assert [c.runtime for c in report.checks] == ["ort", "ort", "torchscript", "exported_program"]
+    assert report.refused == ()
+
+
+def test_foreign_package_refuses_code_loading_artifacts_unless_trusted(
+    tiny_package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOOLCHAIN_HOME", str(tmp_path / "another-machine"))
+    report = verify_package(tiny_package)
+    assert report  # the ONNX artifacts still verify
+    assert [c.artifact for c in report.checks] == ["onnx/model.onnx", "onnx_legacy/model.onnx"]
+    assert report.refused == ("torchscript/model.pt", "exported_program/model.pt2")
+    assert any("pass --trust" in line for line in report.summary_lines())
+    trusted = verify_package(tiny_package, trust=True)
+    assert len(trusted.checks) == 4 and trusted
+
+
+def test_trust_is_void_once_the_manifest_changes(tiny_package: Path, copy_of) -> None:
+    from toolchain.trust import is_trusted
+
+    pkg = copy_of(tiny_package)
+    assert is_trusted(pkg)
+    (pkg / "manifest.json").write_text((pkg / "manifest.json").read_text().replace('"test.tiny"', '"test.tinz"'))
+    assert not is_trusted(pkg)

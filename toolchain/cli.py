@@ -43,38 +43,65 @@ def _one_line_errors(command: F) -> F:
 def export(
     target: Annotated[str, typer.Argument(help="Registered name, package.module:attr, or path/file.py:attr.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Package folder to create.")],
+    formats: Annotated[
+        str,
+        typer.Option(
+            "--formats",
+            help="Comma-separated paths to try: onnx, onnx_legacy, torchscript, exported_program; 'all' tries "
+            "every path and keeps those that match eager; 'auto' keeps the best ONNX path only.",
+        ),
+    ] = "all",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing package at --out.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for the generated sample inputs.")] = 0,
 ) -> None:
-    """Export TARGET to ONNX, verify it against eager on every sample size, and write a package."""
+    """Export TARGET through each path, verify against eager at every sample size, package what passes."""
     from rich.console import Console
 
-    from toolchain.pipeline import export_package
+    from toolchain.pipeline import ALL_FORMATS, export_package
     from toolchain.target import resolve_target
 
     console = Console(stderr=True)
     spec = resolve_target(target)
+    chosen = ALL_FORMATS if formats == "all" else tuple(f.strip() for f in formats.split(",") if f.strip())
     with console.status(f"{spec.name}: starting") as status:
-        result = export_package(spec, out, force=force, seed=seed, progress=status.update)
+        result = export_package(spec, out, formats=chosen, force=force, seed=seed, progress=status.update)
     for stage in result.stages:
-        typer.echo(f"  {stage.name:<10} {stage.status:<8} {stage.seconds:6.2f}s  {stage.detail}".rstrip())
-    for report in result.reports:
-        typer.echo(f"  {report}".replace("\n", "\n  "))
+        typer.echo(f"  {stage.name:<10} {stage.status:<8} {stage.seconds:6.2f}s")
+    for path in result.paths:
+        passed = sum(bool(r) for r in path.reports)
+        worst = max((o.worst_ratio for r in path.reports for o in r.outputs), default=0.0)
+        line = f"  {path.exporter:<17} {path.status:<8} export {path.export_seconds:5.2f}s"
+        if path.reports:
+            line += f"  {passed}/{len(path.reports)} sample sets passed, worst {worst:.3g}x of allowed"
+        typer.echo(line)
+        if path.reason:
+            typer.echo(f"      {path.reason}")
     if not result:
         failed = result.failed_stage
-        name = failed.name if failed else "?"
-        typer.echo(f"FAILED at stage '{name}': no package was written to {out}", err=True)
+        name, detail = (failed.name, failed.detail) if failed else ("?", "")
+        typer.echo(f"FAILED at stage '{name}': {detail}", err=True)
+        typer.echo(f"no package was written to {out}", err=True)
         raise typer.Exit(1)
     typer.echo(f"package written: {result.package} (report: {result.package}/report.md)")
 
 
 @app.command()
 @_one_line_errors
-def verify(package: Annotated[Path, typer.Argument(help="Package folder to check.")]) -> None:
+def verify(
+    package: Annotated[Path, typer.Argument(help="Package folder to check.")],
+    trust: Annotated[
+        bool,
+        typer.Option(
+            "--trust",
+            help="Also load TorchScript and .pt2 artifacts of a package exported elsewhere (loading them runs "
+            "code). Packages exported on this machine are trusted without it.",
+        ),
+    ] = False,
+) -> None:
     """Check every file's hash, then replay the golden samples; exit 1 on any failure."""
     from toolchain.verify import verify_package
 
-    report = verify_package(package)
+    report = verify_package(package, trust=trust)
     for line in report.summary_lines():
         typer.echo(line)
     if not report:

@@ -1,34 +1,40 @@
-"""Export -> verify -> package for one spec, with a tri-state status per stage."""
+"""Export -> verify -> package for one spec: every export path tried, only those matching eager kept."""
 
 from __future__ import annotations
 
-import platform
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from exporters import EXPORTERS
+from runtimes import runtime_for
 from runtimes.eager import EagerSession
-from runtimes.ort import OrtRuntime
+from toolchain import trust
 from toolchain.artifact import Artifact, Finding
-from toolchain.errors import ExportError, InferenceError, PackageError, ToolchainError
-from toolchain.package import check_destination, stage_package
+from toolchain.errors import InferenceError, PackageError, TargetError, ToolchainError
+from toolchain.package import PackageStaging, check_destination, stage_package
 from toolchain.parity import ParityReport, compare
+from toolchain.record import build_manifest, build_report
 from toolchain.report import render_markdown
 from toolchain.samples import SampleSet, generate_samples
 from toolchain.signature import Signature, TensorSig
 from toolchain.spec import ModelSpec
 from toolchain.verify import verify_package
 
-__all__ = ["ExportResult", "StageResult", "export_package", "library_versions"]
+__all__ = ["ALL_FORMATS", "AUTO_FORMATS", "ExportResult", "PathResult", "StageResult", "export_package"]
 
-PASSED, FAILED, NOT_RUN = "passed", "failed", "not run"
-STAGES = ("build", "reference", "export", "verify", "package")
+PASSED, FAILED, NOT_RUN, KEPT, REJECTED = "passed", "failed", "not run", "kept", "rejected"
+STAGES = ("build", "reference", "export", "package")
+ALL_FORMATS = ("onnx", "onnx_legacy", "torchscript", "exported_program")
+AUTO_FORMATS = ("onnx", "onnx_legacy")
+_SHAPE_KINDS = ("specialized-dim", "narrowed-dim", "unified-dims")
 
 
 @dataclass
@@ -46,14 +52,38 @@ class StageResult:
 
 
 @dataclass
+class PathResult:
+    """One export path: kept (matches eager on every sample set) or rejected, and why."""
+
+    exporter: str
+    status: str = NOT_RUN
+    artifact: Artifact | None = None
+    reports: list[ParityReport] = field(default_factory=list)
+    reason: str = ""
+    export_seconds: float = 0.0
+    verify_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "exporter": self.exporter,
+            "status": self.status,
+            "reason": self.reason,
+            "export_seconds": round(self.export_seconds, 3),
+            "verify_seconds": round(self.verify_seconds, 3),
+            "artifact": self.artifact.to_dict() if self.artifact else None,
+            "samples": [r.to_dict() for r in self.reports],
+        }
+
+
+@dataclass
 class ExportResult:
     """What `export_package` did; truthy only when every stage passed and the package landed."""
 
     spec: ModelSpec
     stages: list[StageResult] = field(default_factory=lambda: [StageResult(s) for s in STAGES])
+    paths: list[PathResult] = field(default_factory=list)
     samples: list[SampleSet] = field(default_factory=list)
-    artifact: Artifact | None = None
-    reports: list[ParityReport] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     signature: Signature | None = None
     package: Path | None = None
@@ -64,6 +94,15 @@ class ExportResult:
     def stage(self, name: str) -> StageResult:
         """The result of stage `name`."""
         return next(s for s in self.stages if s.name == name)
+
+    def path(self, exporter: str) -> PathResult:
+        """The result of export path `exporter`."""
+        return next(p for p in self.paths if p.exporter == exporter)
+
+    @property
+    def kept(self) -> list[PathResult]:
+        """Paths whose artifact matched eager on every sample set."""
+        return [p for p in self.paths if p.status == KEPT]
 
     @property
     def failed_stage(self) -> StageResult | None:
@@ -91,29 +130,48 @@ def export_package(
     spec: ModelSpec,
     out: Path,
     *,
-    exporter: str = "onnx",
+    formats: Sequence[str] = ALL_FORMATS,
     force: bool = False,
     seed: int = 0,
     progress: Callable[[str], None] = lambda message: None,
 ) -> ExportResult:
-    """Export `spec` with `exporter`, check it against eager on every sample set, write the package.
+    """Export `spec` through each path in `formats`, keep those matching eager everywhere, package them.
 
-    Nothing is written at `out` unless every stage passed. Returns the result with per-stage status;
-    raises `PackageError` at once when `out` holds a package and `force` is false.
+    ``formats=("auto",)`` keeps only the best ONNX path: torch.export-based, else legacy. Nothing is
+    written at `out` unless at least one path was kept. Raises `PackageError` at once when `out` holds
+    a package and `force` is false, and `TargetError` for an unknown format.
     """
     out = Path(out)
+    candidates, first_only = _candidates(formats)
     check_destination(out, force=force)
     result = ExportResult(spec)
     try:
-        _run_stages(result, out, exporter=exporter, force=force, seed=seed, progress=progress)
+        _run_stages(result, out, candidates, first_only=first_only, force=force, seed=seed, progress=progress)
     except ToolchainError:
         if result.failed_stage is None:
             raise
     return result
 
 
+def _candidates(formats: Sequence[str]) -> tuple[tuple[str, ...], bool]:
+    if list(formats) == ["auto"]:
+        return AUTO_FORMATS, True
+    for name in formats:
+        EXPORTERS.get(name)  # unknown names fail here, listing the known ones
+    if not formats:
+        raise TargetError(f"no export format given; choose from {', '.join(ALL_FORMATS)} or 'auto'")
+    return tuple(dict.fromkeys(formats)), False
+
+
 def _run_stages(
-    result: ExportResult, out: Path, *, exporter: str, force: bool, seed: int, progress: Callable[[str], None]
+    result: ExportResult,
+    out: Path,
+    candidates: tuple[str, ...],
+    *,
+    first_only: bool,
+    force: bool,
+    seed: int,
+    progress: Callable[[str], None],
 ) -> None:
     spec = result.spec
     with result.running("build", progress):
@@ -122,44 +180,111 @@ def _run_stages(
         model.eval()
     with result.running("reference", progress):
         result.samples = generate_samples(spec, seed=seed)
-        eager = EagerSession(model, signature=_spec_signature(spec))
-        expected = []
-        for sample in result.samples:
-            try:
-                expected.append(eager.run(sample.feeds))
-            except InferenceError as e:
-                raise InferenceError(
-                    f"on sample {sample.name!r} ({_sizes(sample)}), which the spec declares valid: {e}"
-                ) from e
+        eager = EagerSession(model, signature=_input_signature(spec))
+        expected = [_reference(eager, s) for s in result.samples]
+        result.signature = _package_signature(spec, result.samples, expected)
     with stage_package(out, force=force) as staging:
-        with result.running("export", progress):
-            artifact = EXPORTERS.get(exporter).export(model, spec, result.samples[0], staging.path)
-            result.artifact = artifact
-        with result.running("verify", progress) as stage:
-            session = OrtRuntime().load(staging.path / artifact.path, signature=_spec_signature(spec))
-            result.signature = _package_signature(spec, session.native_signature(), result.samples)
-            for sample, exp in zip(result.samples, expected, strict=True):
-                try:
-                    actual = session.run(sample.feeds)
-                except ToolchainError as e:
-                    result.reports.append(ParityReport.could_not_run(str(e), sample=sample.name))
-                else:
-                    result.reports.append(compare(exp, actual, spec.tolerance, sample=sample.name))
-            failed = [r for r in result.reports if not r]
-            if failed:
+        with result.running("export", progress) as stage:
+            for name in candidates:
+                progress(f"{spec.name}: export {name}")
+                result.paths.append(_try_path(name, model, result, expected, staging))
+                if first_only and result.paths[-1].status == KEPT:
+                    break
+            if not result.kept:
                 stage.status = FAILED
-                stage.detail = "; ".join(_failure_summary(r) for r in failed)
+                stage.detail = "every path was rejected: " + "; ".join(
+                    f"{p.exporter}: {p.reason}" for p in result.paths
+                )
                 return
         with result.running("package", progress):
             entries = _write_package(result, staging, expected)
-            staging.finalize(_manifest(result, entries))
-            check = verify_package(staging.path)
+            staging.finalize(build_manifest(result, entries))
+            check = verify_package(staging.path, trust=True)
             if not check:
                 raise PackageError(f"{out}: the staged package does not re-verify: {check.failure_lines()[0]}")
             result.package = staging.commit()
+            trust.remember(result.package)
 
 
-def _write_package(result: ExportResult, staging: Any, expected: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _reference(eager: EagerSession, sample: SampleSet) -> dict[str, np.ndarray]:
+    try:
+        return eager.run(sample.feeds)
+    except InferenceError as e:
+        raise InferenceError(f"on sample {sample.name!r} ({_sizes(sample)}), which the spec declares valid: {e}") from e
+
+
+def _try_path(
+    name: str, model: Any, result: ExportResult, expected: list[dict[str, np.ndarray]], staging: PackageStaging
+) -> PathResult:
+    """Export through one path in a scratch folder, verify on every sample set, move it in if kept."""
+    path = PathResult(name)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{staging.dest.name}.{name}-", dir=staging.path.parent))
+    try:
+        start = time.perf_counter()
+        try:
+            path.artifact = EXPORTERS.get(name).export(model, result.spec, result.samples[0], workdir)
+        except ToolchainError as e:
+            path.status, path.reason = REJECTED, str(e)
+            return path
+        finally:
+            path.export_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        path.status, path.reason = _verify_path(path.artifact, workdir, result, expected, path.reports)
+        path.verify_seconds = time.perf_counter() - start
+        if path.status == KEPT:
+            for rel in path.artifact.files:
+                shutil.move(workdir / rel, staging.file(rel))
+        return path
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _verify_path(
+    artifact: Artifact,
+    workdir: Path,
+    result: ExportResult,
+    expected: list[dict[str, np.ndarray]],
+    reports: list[ParityReport],
+) -> tuple[str, str]:
+    runtime = runtime_for(artifact.format)
+    if runtime is None:
+        return REJECTED, f"no runtime on this host runs {artifact.format!r} artifacts, so it cannot be verified"
+    assert result.signature is not None
+    try:
+        session = runtime.load(workdir / artifact.path, signature=result.signature)
+    except ToolchainError as e:
+        return REJECTED, str(e)
+    for sample, exp in zip(result.samples, expected, strict=True):
+        try:
+            actual = session.run(sample.feeds)
+        except ToolchainError as e:
+            reports.append(ParityReport.could_not_run(str(e), sample=sample.name))
+        else:
+            reports.append(compare(exp, actual, result.spec.tolerance, sample=sample.name))
+    failed = [(s, r) for s, r in zip(result.samples, reports, strict=True) if not r]
+    if not failed:
+        return KEPT, ""
+    sample, report = failed[0]
+    cause = likely_cause(sample, result.samples[0], artifact.findings)
+    more = f" (and {len(failed) - 1} more sample set(s))" if len(failed) > 1 else ""
+    because = f"; likely cause: {cause}" if cause else ""
+    return REJECTED, f"parity failed on sample {sample.name!r} ({_sizes(sample)}): {_failure(report)}{more}{because}"
+
+
+def likely_cause(sample: SampleSet, base: SampleSet, findings: Sequence[Finding]) -> Finding | None:
+    """The finding that most probably explains a failure on `sample` (a dim it moves, a frozen trace)."""
+    moved = [sym for sym, size in sample.sizes.items() if base.sizes.get(sym) != size]
+    shape = [f for f in findings if f.kind in _SHAPE_KINDS]
+    for f in shape:
+        if any(f"'{sym}'" in f.message for sym in moved):
+            return f
+    traced = [f for f in findings if f.kind == "traced" or "TracerWarning" in f.message]
+    return next(iter(traced + shape), None)
+
+
+def _write_package(
+    result: ExportResult, staging: PackageStaging, expected: list[dict[str, np.ndarray]]
+) -> list[dict[str, Any]]:
     """Write golden samples and reports into the staging folder; return the manifest's sample entries."""
     entries = []
     for sample, exp in zip(result.samples, expected, strict=True):
@@ -172,92 +297,37 @@ def _write_package(result: ExportResult, staging: Any, expected: list[dict[str, 
                 "expected": {k: staging.save_array(f"{base}/expected/{k}.npy", v) for k, v in exp.items()},
             }
         )
-    report = _report(result)
+    report = build_report(result)
     staging.write_json("report.json", report)
     staging.write_text("report.md", render_markdown(report))
     return entries
 
 
-def _report(result: ExportResult) -> dict[str, Any]:
-    spec, artifact = result.spec, result.artifact
-    assert artifact is not None
-    return {
-        "name": spec.name,
-        "version": spec.version,
-        "source": spec.source,
-        # NOTE: the package stage is the writing of this very report; it passed if you can read it.
-        "stages": [s.to_dict() for s in result.stages if s.name != "package"],
-        "artifacts": [artifact.to_dict()],
-        "findings": [f.to_dict() for f in (*result.findings, *artifact.findings)],
-        "tolerance": spec.tolerance.to_dict(),
-        "samples": [{"name": s.name, "sizes": dict(s.sizes)} for s in result.samples],
-        "parity": {artifact.path: {"stage": "exported", "samples": [r.to_dict() for r in result.reports]}},
-        "versions": library_versions(),
-    }
-
-
-def _manifest(result: ExportResult, samples: list[dict[str, Any]]) -> dict[str, Any]:
-    spec, artifact, signature = result.spec, result.artifact, result.signature
-    assert artifact is not None and signature is not None
-    worst: dict[str, dict[str, float]] = {}
-    for report in result.reports:
-        for o in report.outputs:
-            w = worst.setdefault(o.name, {"max_abs": 0.0, "max_rel": 0.0, "worst_ratio": 0.0})
-            for key in w:
-                w[key] = max(w[key], float(getattr(o, key)))
-    return {
-        "name": spec.name,
-        "version": spec.version,
-        "description": spec.description,
-        "source": spec.source,
-        "tags": list(spec.tags),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": library_versions(),
-        "signature": signature.to_dict(),
-        "dims": {s: spec.dim(s).to_dict() for s in spec.symbols()},
-        "artifacts": [artifact.to_dict()],
-        "tolerance": spec.tolerance.to_dict(),
-        "parity": {
-            artifact.path: {
-                "stage": "exported",
-                "passed": all(result.reports),
-                "sample_sets": [r.sample for r in result.reports],
-                "worst": worst,
-            }
-        },
-        "samples": samples,
-    }
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of every library an export depends on (``missing`` when not installed)."""
-    versions = {"python": platform.python_version()}
-    for dist in ("toolchain", "torch", "onnx", "onnxscript", "onnxruntime", "numpy"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = "missing"
-    return versions
-
-
-def _spec_signature(spec: ModelSpec) -> Signature:
+def _input_signature(spec: ModelSpec) -> Signature:
     return Signature(
         inputs=tuple(TensorSig(k, v.dtype, v.shape) for k, v in spec.inputs.items()),
         outputs=tuple(TensorSig(n, "?", ()) for n in spec.outputs),
     )
 
 
-def _package_signature(spec: ModelSpec, native: Signature, samples: list[SampleSet]) -> Signature:
-    outputs = {t.name: t for t in native.outputs}
-    missing = [n for n in spec.outputs if n not in outputs]
-    if missing:
-        raise ExportError(f"exported graph lacks declared output(s) {missing}; it has {list(outputs)}")
+def _package_signature(spec: ModelSpec, samples: list[SampleSet], expected: list[dict[str, np.ndarray]]) -> Signature:
+    """Inputs from the spec; output dtypes and symbolic shapes read off eager's outputs at every size."""
+    outputs = []
+    for name in spec.outputs:
+        shapes = [exp[name].shape for exp in expected]
+        dims: list[int | str] = []
+        for axis in range(len(shapes[0])):
+            sizes = [s[axis] if axis < len(s) else -1 for s in shapes]
+            if len(set(sizes)) == 1:
+                dims.append(sizes[0])
+                continue
+            match = [
+                sym for sym in spec.symbols() if all(x.sizes[sym] == n for x, n in zip(samples, sizes, strict=True))
+            ]
+            dims.append(match[0] if match else "?")
+        outputs.append(TensorSig(name, str(expected[0][name].dtype), tuple(dims)))
     verified = {sym: tuple(sorted({s.sizes[sym] for s in samples})) for sym in spec.symbols()}
-    return Signature(
-        inputs=_spec_signature(spec).inputs,
-        outputs=tuple(outputs[n] for n in spec.outputs),
-        verified_sizes=verified,
-    )
+    return Signature(_input_signature(spec).inputs, tuple(outputs), verified)
 
 
 def _training_findings(model: Any) -> list[Finding]:
@@ -272,8 +342,7 @@ def _sizes(sample: SampleSet) -> str:
     return ", ".join(f"{k}={v}" for k, v in sample.sizes.items()) or "static shapes"
 
 
-def _failure_summary(report: ParityReport) -> str:
+def _failure(report: ParityReport) -> str:
     if report.error:
-        return f"sample {report.sample!r} could not run: {report.error}"
-    names = ", ".join(f"{o.name} (max_abs={o.max_abs:.3g})" for o in report.failures)
-    return f"sample {report.sample!r}: {names}"
+        return f"could not run: {report.error}"
+    return ", ".join(f"output {o.name!r} {o.describe().split(': ', 1)[1]}" for o in report.failures)

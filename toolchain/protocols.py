@@ -43,6 +43,8 @@ class Runtime(Protocol):
 
     name: str
     formats: tuple[str, ...]
+    runs_code: bool
+    """Loading executes code from the artifact (TorchScript, ``.pt2``): only for trusted packages."""
 
     def available(self) -> bool:
         """Whether this host can run it (its library imports)."""

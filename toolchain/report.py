@@ -9,7 +9,7 @@ __all__ = ["render_markdown"]
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
-    """``report.md``: stages, parity per artifact x sample set x output, findings, versions."""
+    """``report.md``: stages, a path x sample-set table, per-output parity, findings, versions."""
     lines = [f"# {report['name']} {report.get('version', '')} — toolchain report", ""]
     lines += [f"Model source: `{report.get('source', '?')}`", "", "## Stages", ""]
     lines += ["| stage | status | seconds | detail |", "|---|---|---:|---|"]
@@ -17,23 +17,25 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"| {s['name']} | {s['status']} | {s['seconds']:.2f} | {_cell(s.get('detail', ''))} |"
         for s in report.get("stages", [])
     ]
-    sizes = {s["name"]: s["sizes"] for s in report.get("samples", [])}
-    artifacts = {a["path"]: a for a in report.get("artifacts", [])}
+    lines += _paths_table(report)
     tol = report.get("tolerance", {})
-    for path, parity in report.get("parity", {}).items():
-        art = artifacts.get(path, {})
-        lines += ["", f"## Parity against eager: `{path}` ({parity.get('stage', '?')})", ""]
+    lines += ["", "## Parity against eager", ""]
+    lines += [
+        f"Allowed: atol={tol.get('atol')} rtol={tol.get('rtol')}"
+        + (f", per output {tol['per_output']}" if tol.get("per_output") else "")
+        + ". Ratio = worst |a - e| / (atol + rtol |e|); <= 1 passes.",
+    ]
+    sizes = {s["name"]: s["sizes"] for s in report.get("samples", [])}
+    for path in report.get("paths", []):
+        if not path.get("samples"):
+            continue
+        lines += ["", f"### {path['exporter']} ({path['status']})", ""]
         lines += [
-            f"Exporter `{art.get('exporter', '?')}`, opset {art.get('opset', '?')}, "
-            f"{art.get('export_seconds', 0):.2f} s. Allowed: atol={tol.get('atol')} rtol={tol.get('rtol')}"
-            + (f", per output {tol['per_output']}" if tol.get("per_output") else "")
-            + ".",
-            "",
-            "| sample set | sizes | output | max abs | max rel | worst / allowed | verdict |",
+            "| sample set | sizes | output | max abs | max rel | ratio | verdict |",
             "|---|---|---|---:|---:|---:|---|",
         ]
-        for sample in parity.get("samples", []):
-            where = ", ".join(f"{k}={v}" for k, v in sizes.get(sample["sample"], {}).items())
+        for sample in path["samples"]:
+            where = _where(sizes.get(sample["sample"], {}))
             if sample.get("error"):
                 lines.append(f"| {sample['sample']} | {where} | — | — | — | — | FAIL: {_cell(sample['error'])} |")
             for name, o in sample.get("outputs", {}).items():
@@ -42,14 +44,51 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                     f"| {sample['sample']} | {where} | {name} | {o['max_abs']:.3g} | {o['max_rel']:.3g} "
                     f"| {o['worst_ratio']:.3g} | {verdict} |"
                 )
-    findings = report.get("findings", [])
     lines += ["", "## Findings", ""]
+    findings = [("model", f) for f in report.get("findings", [])]
+    for path in report.get("paths", []):
+        findings += [(path["exporter"], f) for f in (path.get("artifact") or {}).get("findings", [])]
     lines += [
-        f"- **{f['kind']}** {f['message']}" + (f" (`{f['source']}`)" if f.get("source") else "") for f in findings
+        f"- {who}: **{f['kind']}** {_cell(f['message'])}" + (f" (`{f['source']}`)" if f.get("source") else "")
+        for who, f in findings
     ] or ["None."]
     versions = report.get("versions", {})
     lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
     return "\n".join(lines)
+
+
+def _paths_table(report: Mapping[str, Any]) -> list[str]:
+    samples = report.get("samples", [])
+    head = " | ".join(f"{s['name']} ({_where(s['sizes'])})" for s in samples)
+    lines = ["", "## Export paths", "", "Worst max abs error against eager at each sample set (x = failed).", ""]
+    lines += [f"| path | status | export s | findings | {head} |", "|---|---|---:|---:|" + "---:|" * len(samples)]
+    for path in report.get("paths", []):
+        by_sample = {s["sample"]: s for s in path.get("samples", [])}
+        cells = []
+        for s in samples:
+            got = by_sample.get(s["name"])
+            if got is None:
+                cells.append("—")
+            elif got.get("error"):
+                cells.append("x could not run")
+            else:
+                worst = max((o["max_abs"] for o in got["outputs"].values()), default=0.0)
+                cells.append(f"{worst:.2g}" + ("" if got["passed"] else " x"))
+        n_findings = len((path.get("artifact") or {}).get("findings", []))
+        lines.append(
+            f"| {path['exporter']} | {path['status']} | {path['export_seconds']:.2f} | {n_findings} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    rejected = [p for p in report.get("paths", []) if p["status"] == "rejected"]
+    if rejected:
+        lines += ["", "Rejected:", ""]
+        lines += [f"- **{p['exporter']}**: {_cell(p['reason'])}" for p in rejected]
+    return lines
+
+
+def _where(sizes: Mapping[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sizes.items()) or "static"
 
 
 def _cell(text: str) -> str:

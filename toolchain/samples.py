@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from toolchain.errors import SpecError
 from toolchain.spec import Input, ModelSpec
 
 __all__ = ["SampleSet", "generate_samples", "make_feed"]
@@ -25,7 +26,8 @@ def generate_samples(spec: ModelSpec, *, seed: int = 0) -> list[SampleSet]:
     """Input sets for `spec`: ``export`` at every dim's example size, then one set per other size.
 
     Each extra set moves a single symbolic dim (``batch-1``, ``batch-9``) and keeps the others at their
-    export size, so a failure points at one dim. Values respect each input's domain.
+    export size, so a failure points at one dim. Values respect each input's domain. The spec's own
+    named sample sets come last.
     """
     base = {sym: spec.dim(sym).example for sym in spec.symbols()}
     plans: list[tuple[str, dict[str, int]]] = [("export", base)]
@@ -36,7 +38,21 @@ def generate_samples(spec: ModelSpec, *, seed: int = 0) -> list[SampleSet]:
         rng = np.random.default_rng([seed, index])
         feeds = {key: make_feed(inp, sizes, rng) for key, inp in spec.inputs.items()}
         sets.append(SampleSet(name=name, sizes=sizes, feeds=feeds))
+    generated = {s.name for s in sets}
+    for name, given in spec.samples.items():
+        if name in generated:
+            raise SpecError(f"sample set name {name!r} of {spec.name} clashes with a generated one; rename it")
+        sets.append(SampleSet(name=name, sizes=_bind_sizes(spec, name, given), feeds=dict(given)))
     return sets
+
+
+def _bind_sizes(spec: ModelSpec, name: str, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for key, inp in spec.inputs.items():
+        for dim, size in zip(inp.shape, feeds[key].shape, strict=True):
+            if isinstance(dim, str) and sizes.setdefault(dim, size) != size:
+                raise SpecError(f"sample set {name!r}: dim {dim!r} is {size} in {key!r} but {sizes[dim]} elsewhere")
+    return sizes
 
 
 def make_feed(inp: Input, sizes: Mapping[str, int], rng: np.random.Generator) -> np.ndarray:

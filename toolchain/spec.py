@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+import numpy as np
+
 from toolchain.errors import SpecError
 from toolchain.parity import Tolerance
 from toolchain.registry import Registry
@@ -20,6 +22,7 @@ DOMAINS = ("normal", "uniform", "ids", "mask")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NO_DIMS: Mapping[str, Dim] = MappingProxyType({})
+_NO_SAMPLES: Mapping[str, Mapping[str, Any]] = MappingProxyType({})
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -140,6 +143,8 @@ class ModelSpec:
     tags: tuple[str, ...] = ()
     version: str = "1"
     seed: int = 0
+    samples: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
+    """Extra named sample sets (e.g. inputs that take another branch), checked like the generated ones."""
 
     @property
     def source(self) -> str:
@@ -191,6 +196,7 @@ def exportable(
     tags: Iterable[str] = (),
     version: str = "1",
     seed: int = 0,
+    samples: Mapping[str, Mapping[str, Any]] = _NO_SAMPLES,
     override: bool = False,
     registry: Registry[ModelSpec] = SPECS,
 ) -> Callable[[F], F]:
@@ -208,12 +214,15 @@ def exportable(
         tags: free-form labels (``"ranking"``, ``"vision"``).
         version: version written into the package manifest and folder name.
         seed: torch seed used before calling the factory, so random weights are reproducible.
+        samples: extra named sample sets, name -> {input name: array}; use them for inputs the
+            generated ones may miss (another branch, edge values). Every artifact must pass them too.
         override: replace an existing registration of the same name.
         registry: where to register (tests pass their own).
     """
     spec_inputs = _check_inputs(inputs)
     out_names = _check_outputs(outputs, spec_inputs)
     _check_dims(dims, spec_inputs)
+    extra = _check_samples(samples, spec_inputs)
     if not isinstance(tolerance, Tolerance):
         raise SpecError(f"tolerance must be a toolchain.Tolerance, got {type(tolerance).__name__}")
     unknown = sorted(set(tolerance.per_output) - set(out_names))
@@ -234,6 +243,7 @@ def exportable(
             tags=tuple(tags),
             version=str(version),
             seed=seed,
+            samples=MappingProxyType(extra),
         )
         registry.register(name, spec, override=override)
         return obj
@@ -289,6 +299,25 @@ def _check_dims(dims: Mapping[str, Dim], inputs: Mapping[str, Input]) -> None:
                 f"dims declares {key!r} but no input shape uses it (a misspelling?); "
                 f"symbolic dims in the inputs: {sorted(used) or 'none'}"
             )
+
+
+def _check_samples(samples: Mapping[str, Mapping[str, Any]], inputs: Mapping[str, Input]) -> dict[str, Any]:
+    checked: dict[str, dict[str, np.ndarray]] = {}
+    for name, feeds in samples.items():
+        if not isinstance(name, str) or not _NAME.match(name) or name == "export":
+            raise SpecError(f"sample set name {name!r} must be letters, digits, '_', '.', '-' and not 'export'")
+        if not isinstance(feeds, Mapping) or set(feeds) != set(inputs):
+            given = sorted(feeds) if isinstance(feeds, Mapping) else type(feeds).__name__
+            raise SpecError(f"sample set {name!r} must give every input {sorted(inputs)}, got {given}")
+        arrays = {}
+        for key, inp in inputs.items():
+            array = np.asarray(feeds[key], dtype=inp.dtype)
+            fixed_ok = all(isinstance(d, str) or d == n for d, n in zip(inp.shape, array.shape, strict=False))
+            if array.ndim != len(inp.shape) or not fixed_ok:
+                raise SpecError(f"sample set {name!r}: input {key!r} has shape {array.shape}, declared {inp.shape}")
+            arrays[key] = array
+        checked[name] = arrays
+    return checked
 
 
 def _check_factory(obj: object, names: list[str]) -> None:

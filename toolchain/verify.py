@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from runtimes import runtime_for
+from toolchain import trust as trust_list
 from toolchain.errors import ToolchainError
 from toolchain.package import Package, Problem, check_integrity, load_array, open_package
 from toolchain.parity import ParityReport, Tolerance, compare
@@ -38,6 +39,8 @@ class VerificationReport:
     problems: tuple[Problem, ...] = ()
     checks: tuple[ArtifactCheck, ...] = ()
     skipped: tuple[str, ...] = ()
+    refused: tuple[str, ...] = ()
+    """Artifacts not loaded because loading runs code and the package is not trusted."""
 
     def __bool__(self) -> bool:
         return not self.problems and bool(self.checks) and all(self.checks)
@@ -54,7 +57,10 @@ class VerificationReport:
                     for o in report.failures
                 )
         if not self.problems and not self.checks:
-            lines.append(f"{self.package}: no artifact could be run on this host (skipped: {list(self.skipped)})")
+            lines.append(
+                f"{self.package}: no artifact could be run on this host "
+                f"(skipped: {list(self.skipped)}, refused: {list(self.refused)})"
+            )
         return lines
 
     def summary_lines(self) -> list[str]:
@@ -68,11 +74,22 @@ class VerificationReport:
                 f"(worst error at {worst:.3g}x of the allowed)"
             )
         lines.extend(f"{s}: skipped, no runtime for it on this host" for s in self.skipped)
+        lines.extend(
+            f"{s}: refused: loading it runs code and this package was not exported on this machine; "
+            "pass --trust if you trust where it came from"
+            for s in self.refused
+        )
         return lines
 
 
-def verify_package(path: Path) -> VerificationReport:
-    """Check hashes and the exact file set, then replay every sample on every runnable artifact."""
+def verify_package(path: Path, *, trust: bool = False) -> VerificationReport:
+    """Check hashes and the exact file set, then replay every sample on every runnable artifact.
+
+    Args:
+        path: the package folder.
+        trust: load artifacts whose loading runs code (TorchScript, ``.pt2``) even when this machine
+            did not export the package itself.
+    """
     path = Path(path)
     problems = check_integrity(path)
     if problems:
@@ -80,11 +97,15 @@ def verify_package(path: Path) -> VerificationReport:
     package = open_package(path)
     try:
         tolerance = package.tolerance
-        checks, skipped = [], []
+        trusted = trust or trust_list.is_trusted(path)
+        checks, skipped, refused = [], [], []
         for entry in package.artifacts:
             runtime = runtime_for(str(entry.get("format")))
             if runtime is None:
                 skipped.append(str(entry.get("path")))
+                continue
+            if runtime.runs_code and not trusted:
+                refused.append(str(entry.get("path")))
                 continue
             session = runtime.load(package.file(str(entry["path"])), signature=package.signature)
             checks.append(ArtifactCheck(str(entry["path"]), runtime.name, replay(package, session, tolerance)))
@@ -93,7 +114,7 @@ def verify_package(path: Path) -> VerificationReport:
         return VerificationReport(path, problems=(problem,))
     except ToolchainError as e:
         return VerificationReport(path, problems=(Problem(path.name, str(e)),))
-    return VerificationReport(path, checks=tuple(checks), skipped=tuple(skipped))
+    return VerificationReport(path, checks=tuple(checks), skipped=tuple(skipped), refused=tuple(refused))
 
 
 def replay(package: Package, session: Any, tolerance: Tolerance) -> tuple[ParityReport, ...]:

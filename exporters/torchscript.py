@@ -1,0 +1,87 @@
+"""TorchScript through ``torch.jit.script``, falling back to ``torch.jit.trace`` when scripting fails."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from exporters._capture import capture_findings, summarize_error
+from toolchain.artifact import Artifact, Finding
+from toolchain.errors import ExportError
+from toolchain.samples import SampleSet
+from toolchain.spec import ModelSpec
+
+__all__ = ["TorchScriptExporter"]
+
+_TRACED = (
+    "traced: control flow and Python-side shapes were frozen at the export sizes; "
+    "only the verification at other sizes proves it generalises"
+)
+
+
+class TorchScriptExporter:
+    """Exports with ``torch.jit.script``; when that fails, with ``torch.jit.trace`` on the sample.
+
+    A script keeps the model's control flow. A trace records the ops run on the export sample only,
+    so the artifact says which one was used and a traced export carries a ``traced`` finding.
+    """
+
+    name = "torchscript"
+    format = "torchscript"
+
+    def export(self, model: Any, spec: ModelSpec, sample: SampleSet, workdir: Path) -> Artifact:
+        """Export `model` into ``workdir/torchscript/model.pt``.
+
+        Args:
+            model: the eager module, in eval mode.
+            spec: names the inputs (in ``forward``'s order) and the model, for messages.
+            sample: the inputs a trace is recorded on (unused when scripting succeeds).
+            workdir: folder the artifact is written under.
+
+        Raises:
+            ExportError: when both scripting and tracing fail, with both reasons, or saving fails.
+        """
+        import torch
+
+        rel = "torchscript/model.pt"
+        target = Path(workdir) / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        with capture_findings() as findings:
+            scripted, exporter, notes = self._script_or_trace(model, spec, sample)
+            try:
+                torch.jit.save(scripted, str(target))
+            except Exception as e:
+                raise ExportError(f"{spec.name}: torch.jit.save failed: {summarize_error(e)}") from e
+        seconds = time.perf_counter() - start
+        return Artifact(
+            format="torchscript",
+            path=rel,
+            files=(rel,),
+            exporter=exporter,
+            opset=0,
+            export_seconds=seconds,
+            findings=(*notes, *findings),
+        )
+
+    @staticmethod
+    def _script_or_trace(model: Any, spec: ModelSpec, sample: SampleSet) -> tuple[Any, str, list[Finding]]:
+        """The compiled module, the exporter that made it and the findings about the choice."""
+        import torch
+
+        try:
+            return torch.jit.script(model), "torch.jit.script", []
+        except Exception as e:
+            script_error = e
+        args = tuple(torch.from_numpy(sample.feeds[n].copy()) for n in spec.inputs)
+        try:
+            # NOTE: torch.jit.trace is unannotated in torch; the ignore is for strict mypy only.
+            traced = torch.jit.trace(model, args, check_trace=False)  # type: ignore[no-untyped-call]
+        except Exception as e:
+            raise ExportError(
+                f"{spec.name}: torch.jit.script and torch.jit.trace both failed: "
+                f"script: {summarize_error(script_error)}; trace: {summarize_error(e)}"
+            ) from e
+        notes = [Finding("script-failed", summarize_error(script_error)), Finding("traced", _TRACED)]
+        return traced, "torch.jit.trace", notes
