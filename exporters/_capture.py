@@ -8,7 +8,7 @@ import logging
 import os
 import re
 import sys
-import sysconfig
+import tempfile
 import warnings
 from collections.abc import Iterator
 
@@ -20,9 +20,6 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _LOGGERS = ("torch", "onnxscript", "onnx_ir", "onnx")
 # NOTE: messages that say nothing about the model being exported.
 _IRRELEVANT = ("torchvision is not installed",)
-_LIBRARY_DIRS = tuple(
-    os.path.realpath(p) for p in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["stdlib"], sys.prefix}
-)
 
 
 class _Collector(logging.Handler):
@@ -39,10 +36,11 @@ class _Collector(logging.Handler):
 
 @contextlib.contextmanager
 def capture_findings() -> Iterator[list[Finding]]:
-    """Capture warnings, library log records and stray prints while exporting.
+    """Capture warnings, library log records and stray output (Python's and native code's) while exporting.
 
-    Yields the list that collects them as `Finding`s. Deprecation notices raised inside libraries
-    are dropped; every warning that points at user code is kept with its source line.
+    Yields the list that collects them as `Finding`s: warnings with their source line (``warning``;
+    deprecation notices such as TorchScript's as ``deprecation``), library log records (``log``), and
+    the first line of anything printed.
     """
     findings: list[Finding] = []
     handler = _Collector(findings)
@@ -60,23 +58,54 @@ def capture_findings() -> Iterator[list[Finding]]:
         logger.propagate = False
     sink = io.StringIO()
     try:
-        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(sink):
+        with (
+            warnings.catch_warnings(record=True) as caught,
+            _native_output_into(findings),
+            contextlib.redirect_stdout(sink),
+            contextlib.redirect_stderr(sink),
+        ):
             warnings.simplefilter("always")
-            with contextlib.redirect_stderr(sink):
-                yield findings
+            yield findings
     finally:
-        for logger, handlers, propagate, level in saved:
+        for logger, handlers, propagate, _level in saved:
             logger.handlers, logger.propagate = handlers, propagate
-            logger.setLevel(level)
+    printed = sink.getvalue().strip()
+    if printed:
+        findings.append(Finding("log", f"printed: {printed.splitlines()[0][:400]}"))
     for w in caught:
-        in_library = os.path.realpath(w.filename).startswith(_LIBRARY_DIRS)
-        if in_library and issubclass(w.category, DeprecationWarning | FutureWarning):
-            continue
         message = str(w.message).strip().splitlines()[0][:400] if str(w.message).strip() else ""
         if any(s in message for s in _IRRELEVANT):
             continue
-        findings.append(Finding("warning", f"{w.category.__name__}: {message}", f"{w.filename}:{w.lineno}"))
+        kind = "deprecation" if issubclass(w.category, DeprecationWarning | FutureWarning) else "warning"
+        findings.append(Finding(kind, f"{w.category.__name__}: {message}", f"{w.filename}:{w.lineno}"))
     _deduplicate(findings)
+
+
+@contextlib.contextmanager
+def _native_output_into(findings: list[Finding]) -> Iterator[None]:
+    """Send what native code writes to file descriptors 1 and 2 into `findings`, not the terminal.
+
+    NOTE: torch's ``setup_onnx_logging`` tests the function ``_C._jit_is_onnx_log_enabled`` instead of
+    calling it, so the TorchScript-based ONNX exporter's C++ log is always on and, when an export
+    fails, prints the whole IR graph to stdout. Swapping descriptors is process-wide: exports run one
+    at a time per process (batch work uses processes, not threads).
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [(fd, os.dup(fd)) for fd in (1, 2)]
+    with tempfile.TemporaryFile() as sink:
+        for fd, _ in saved:
+            os.dup2(sink.fileno(), fd)
+        try:
+            yield
+        finally:
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace").strip()
+            if text:
+                findings.append(Finding("log", f"native output: {text.splitlines()[0][:400]}"))
 
 
 def _deduplicate(findings: list[Finding]) -> None:

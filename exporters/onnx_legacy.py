@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from exporters._capture import capture_findings, summarize_error
 from exporters.onnx import specialized_dims
-from toolchain.artifact import Artifact, Finding
+from toolchain.artifact import Artifact
 from toolchain.errors import ExportError
 from toolchain.samples import SampleSet
 from toolchain.spec import ModelSpec
@@ -47,7 +42,7 @@ class LegacyOnnxExporter:
         target.parent.mkdir(parents=True, exist_ok=True)
         args = tuple(torch.from_numpy(sample.feeds[n].copy()) for n in spec.inputs)
         start = time.perf_counter()
-        with capture_findings() as findings, _native_output_into(findings):
+        with capture_findings() as findings:
             try:
                 torch.onnx.export(
                     model,
@@ -74,7 +69,7 @@ class LegacyOnnxExporter:
             exporter="torch.onnx.export(dynamo=False)",
             opset=opset,
             export_seconds=seconds,
-            findings=(*_without_own_notices(findings), *specialized_dims(proto, spec)),
+            findings=(*findings, *specialized_dims(proto, spec)),
         )
 
 
@@ -87,44 +82,3 @@ def _dynamic_axes(spec: ModelSpec) -> dict[str, dict[int, str]]:
     """
     axes = {name: {i: d for i, d in enumerate(inp.shape) if isinstance(d, str)} for name, inp in spec.inputs.items()}
     return {name: a for name, a in axes.items() if a}
-
-
-def _without_own_notices(findings: list[Finding]) -> list[Finding]:
-    # NOTE: torch's "legacy TorchScript-based ONNX export" notice uses a stacklevel that points at our
-    # call above, so capture_findings' library filter keeps it; it says nothing about the model.
-    here = os.path.realpath(__file__)
-    return [
-        f
-        for f in findings
-        if not (
-            f.message.startswith(("DeprecationWarning", "FutureWarning"))
-            and os.path.realpath(f.source.rpartition(":")[0]) == here
-        )
-    ]
-
-
-@contextlib.contextmanager
-def _native_output_into(findings: list[Finding]) -> Iterator[None]:
-    """Send what C++ code writes to file descriptors 1 and 2 into `findings` instead of the terminal.
-
-    NOTE: torch's ``setup_onnx_logging`` tests the function ``_C._jit_is_onnx_log_enabled`` instead of
-    calling it, so the TorchScript exporter's C++ log is always on and, when an export fails, prints
-    the whole IR graph to stdout; ``capture_findings`` only swaps Python's streams. This swaps the
-    process's descriptors, so other threads' native output is held too while the export runs.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [(fd, os.dup(fd)) for fd in (1, 2)]
-    with tempfile.TemporaryFile() as sink:
-        for fd, _ in saved:
-            os.dup2(sink.fileno(), fd)
-        try:
-            yield
-        finally:
-            for fd, copy in saved:
-                os.dup2(copy, fd)
-                os.close(copy)
-            sink.seek(0)
-            text = sink.read().decode(errors="replace").strip()
-            if text:
-                findings.append(Finding("log", f"torch.onnx (native): {text.splitlines()[0][:400]}"))
