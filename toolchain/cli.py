@@ -48,7 +48,8 @@ def export(
         typer.Option(
             "--formats",
             help="Comma-separated paths to try: onnx, onnx_legacy, torchscript, exported_program; 'all' tries "
-            "every path and keeps those that match eager; 'auto' keeps the best ONNX path only.",
+            "every path that applies to the model and keeps those that match eager; 'auto' keeps the best "
+            "ONNX path only.",
         ),
     ] = "all",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing package at --out.")] = False,
@@ -57,12 +58,12 @@ def export(
     """Export TARGET through each path, verify against eager at every sample size, package what passes."""
     from rich.console import Console
 
-    from toolchain.pipeline import ALL_FORMATS, export_package
+    from toolchain.pipeline import export_package
     from toolchain.target import resolve_target
 
     console = Console(stderr=True)
     spec = resolve_target(target)
-    chosen = ALL_FORMATS if formats == "all" else tuple(f.strip() for f in formats.split(",") if f.strip())
+    chosen = () if formats == "all" else tuple(f.strip() for f in formats.split(",") if f.strip())
     with console.status(f"{spec.name}: starting") as status:
         result = export_package(spec, out, formats=chosen, force=force, seed=seed, progress=status.update)
     for stage in result.stages:

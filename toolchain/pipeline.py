@@ -25,14 +25,14 @@ from toolchain.record import build_manifest, build_report
 from toolchain.report import render_markdown
 from toolchain.samples import SampleSet, generate_samples
 from toolchain.signature import Signature, TensorSig
-from toolchain.spec import ModelSpec
+from toolchain.spec import FORMATS, ModelSpec
 from toolchain.verify import verify_package
 
 __all__ = ["ALL_FORMATS", "AUTO_FORMATS", "ExportResult", "PathResult", "StageResult", "export_package"]
 
 PASSED, FAILED, NOT_RUN, KEPT, REJECTED = "passed", "failed", "not run", "kept", "rejected"
 STAGES = ("build", "reference", "export", "package")
-ALL_FORMATS = ("onnx", "onnx_legacy", "torchscript", "exported_program")
+ALL_FORMATS = FORMATS
 AUTO_FORMATS = ("onnx", "onnx_legacy")
 _SHAPE_KINDS = ("specialized-dim", "narrowed-dim", "unified-dims")
 
@@ -130,19 +130,20 @@ def export_package(
     spec: ModelSpec,
     out: Path,
     *,
-    formats: Sequence[str] = ALL_FORMATS,
+    formats: Sequence[str] = (),
     force: bool = False,
     seed: int = 0,
     progress: Callable[[str], None] = lambda message: None,
 ) -> ExportResult:
     """Export `spec` through each path in `formats`, keep those matching eager everywhere, package them.
 
-    ``formats=("auto",)`` keeps only the best ONNX path: torch.export-based, else legacy. Nothing is
-    written at `out` unless at least one path was kept. Raises `PackageError` at once when `out` holds
-    a package and `force` is false, and `TargetError` for an unknown format.
+    `formats` defaults to the paths the spec says apply (`ModelSpec.formats`); ``("auto",)`` keeps
+    only the best ONNX path: torch.export-based, else legacy. Nothing is written at `out` unless at
+    least one path was kept. Raises `PackageError` at once when `out` holds a package and `force` is
+    false, and `TargetError` for an unknown format.
     """
     out = Path(out)
-    candidates, first_only = _candidates(formats)
+    candidates, first_only = _candidates(formats or spec.formats)
     check_destination(out, force=force)
     result = ExportResult(spec)
     try:

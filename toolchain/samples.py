@@ -68,4 +68,10 @@ def make_feed(inp: Input, sizes: Mapping[str, int], rng: np.random.Generator) ->
         return np.where(values >= dtype.type(inp.high), below, values).astype(dtype)
     if inp.domain == "ids":
         return rng.integers(int(inp.low), int(inp.high), shape).astype(dtype)
+    if inp.domain == "padding_mask":
+        keep = rng.integers(1, shape[-1] + 1, (*shape[:-1], 1))
+        return (np.arange(shape[-1]) < keep).astype(dtype)
+    if inp.domain == "offsets":
+        starts = np.sort(rng.integers(0, sizes[inp.over] + 1, shape[0] - 1))
+        return np.concatenate([[0], starts]).astype(dtype)
     return rng.integers(0, 2, shape).astype(dtype)  # mask

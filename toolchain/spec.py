@@ -15,10 +15,12 @@ from toolchain.errors import SpecError
 from toolchain.parity import Tolerance
 from toolchain.registry import Registry
 
-__all__ = ["DTYPES", "SPECS", "Dim", "Input", "ModelSpec", "exportable", "spec_for"]
+__all__ = ["DTYPES", "FORMATS", "SPECS", "Dim", "Input", "ModelSpec", "exportable", "spec_for"]
 
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
-DOMAINS = ("normal", "uniform", "ids", "mask")
+DOMAINS = ("normal", "uniform", "ids", "mask", "padding_mask", "offsets")
+FORMATS = ("onnx", "onnx_legacy", "torchscript", "exported_program")
+"""Every export path, in the order they are tried."""
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NO_DIMS: Mapping[str, Dim] = MappingProxyType({})
@@ -73,6 +75,8 @@ class Input:
     domain: str = "normal"
     low: float = 0.0
     high: float = 1.0
+    over: str = ""
+    """For ``offsets``: the symbolic dim of the flat index input the offsets point into."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.shape, tuple):
@@ -93,6 +97,10 @@ class Input:
             raise SpecError(f"ids input needs an integer dtype (int64 or int32), got {self.dtype}")
         if self.domain in ("normal", "uniform") and not self.dtype.startswith("float"):
             raise SpecError(f"{self.domain} input needs a float dtype, got {self.dtype}; for ids use Input.ids")
+        if self.domain == "offsets" and (len(self.shape) != 1 or not _IDENT.match(self.over)):
+            raise SpecError("offsets input needs a 1-d shape like ('batch',) and over='<dim of the flat ids>'")
+        if self.domain == "padding_mask" and not self.shape:
+            raise SpecError("padding_mask input needs at least one axis (the sequence is the last)")
 
     @classmethod
     def normal(cls, shape: tuple[int | str, ...], *, dtype: str = "float32") -> Input:
@@ -114,10 +122,21 @@ class Input:
         """0/1 values (attention or padding masks)."""
         return cls(shape, dtype, "mask", 0, 2)
 
+    @classmethod
+    def padding_mask(cls, shape: tuple[int | str, ...], *, dtype: str = "bool") -> Input:
+        """Padding masks over the last axis: each row is 1 for a random prefix of length >= 1, then 0."""
+        return cls(shape, dtype, "padding_mask", 0, 2)
+
+    @classmethod
+    def offsets(cls, shape: tuple[int | str, ...], *, over: str, dtype: str = "int64") -> Input:
+        """Start offsets of ragged bags in a flat id input of length `over` (sorted, first is 0)."""
+        return cls(shape, dtype, "offsets", 0, 1, over)
+
     @property
     def symbols(self) -> tuple[str, ...]:
-        """The symbolic dim names in this shape."""
-        return tuple(d for d in self.shape if isinstance(d, str))
+        """The symbolic dim names in this shape (and the dim an offsets input points into)."""
+        own = tuple(d for d in self.shape if isinstance(d, str))
+        return (*own, self.over) if self.over and self.over not in own else own
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -127,6 +146,7 @@ class Input:
             "domain": self.domain,
             "low": self.low,
             "high": self.high,
+            "over": self.over,
         }
 
 
@@ -141,6 +161,8 @@ class ModelSpec:
     dims: Mapping[str, Dim] = field(default_factory=dict)
     tolerance: Tolerance = field(default_factory=Tolerance)
     tags: tuple[str, ...] = ()
+    formats: tuple[str, ...] = FORMATS
+    """The export paths that apply to this model; the model's docstring says why any is left out."""
     version: str = "1"
     seed: int = 0
     samples: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
@@ -194,6 +216,7 @@ def exportable(
     dims: Mapping[str, Dim] = _NO_DIMS,
     tolerance: Tolerance = Tolerance(),  # noqa: B008 - frozen, shared safely
     tags: Iterable[str] = (),
+    formats: Sequence[str] = FORMATS,
     version: str = "1",
     seed: int = 0,
     samples: Mapping[str, Mapping[str, Any]] = _NO_SAMPLES,
@@ -212,6 +235,8 @@ def exportable(
         dims: symbolic dim name -> `Dim` (export size and range); undeclared symbols get `Dim()`.
         tolerance: allowed error against eager for fp32 artifacts.
         tags: free-form labels (``"ranking"``, ``"vision"``).
+        formats: export paths that apply (default: all of `FORMATS`); explain any left out in the
+            model's docstring.
         version: version written into the package manifest and folder name.
         seed: torch seed used before calling the factory, so random weights are reproducible.
         samples: extra named sample sets, name -> {input name: array}; use them for inputs the
@@ -228,6 +253,9 @@ def exportable(
     unknown = sorted(set(tolerance.per_output) - set(out_names))
     if unknown:
         raise SpecError(f"tolerance.per_output names unknown output(s) {unknown}; outputs are {list(out_names)}")
+    unknown_formats = [f for f in formats if f not in FORMATS] if not isinstance(formats, str) else [formats]
+    if unknown_formats or not formats:
+        raise SpecError(f"formats must be a non-empty list drawn from {list(FORMATS)}, got {formats!r}")
     if not isinstance(name, str) or not _NAME.match(name):
         raise SpecError(f"name must be letters, digits, '_', '.', '-' (like 'feed.dlrm'), got {name!r}")
 
@@ -241,6 +269,7 @@ def exportable(
             dims=MappingProxyType(dict(dims)),
             tolerance=tolerance,
             tags=tuple(tags),
+            formats=tuple(formats),
             version=str(version),
             seed=seed,
             samples=MappingProxyType(extra),
