@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from exporters._capture import capture_findings, summarize_error
@@ -15,6 +17,8 @@ from toolchain.spec import ModelSpec
 
 __all__ = ["OnnxExporter", "specialized_dims"]
 
+_NO_TABLE: Mapping[Any, Any] = MappingProxyType({})
+
 
 class OnnxExporter:
     """Exports with ``torch.onnx.export(dynamo=True)``; symbolic dims become ``torch.export.Dim``s."""
@@ -22,8 +26,15 @@ class OnnxExporter:
     name = "onnx"
     format = "onnx"
 
-    def __init__(self, *, opset: int = 0) -> None:
+    def __init__(self, *, opset: int = 0, custom_translation_table: Mapping[Any, Any] = _NO_TABLE) -> None:
+        """Configure the exporter.
+
+        Args:
+            opset: ONNX opset, 0 for the exporter's default.
+            custom_translation_table: torch op -> onnxscript function, for custom ops (passed through).
+        """
         self.opset = opset
+        self.custom_translation_table = dict(custom_translation_table)
 
     def export(self, model: Any, spec: ModelSpec, sample: SampleSet, workdir: Path) -> Artifact:
         """Export `model` into ``workdir/onnx/model.onnx``."""
@@ -34,6 +45,9 @@ class OnnxExporter:
         target.parent.mkdir(parents=True, exist_ok=True)
         args = tuple(torch.from_numpy(sample.feeds[n].copy()) for n in spec.inputs)
         options: dict[str, Any] = {"opset_version": self.opset} if self.opset else {}
+        if self.custom_translation_table:
+            options["custom_translation_table"] = self.custom_translation_table
+        _clear_rnn_dispatch_caches()
         start = time.perf_counter()
         with capture_findings() as findings:
             try:
@@ -68,6 +82,21 @@ class OnnxExporter:
             export_seconds=seconds,
             findings=(*findings, *shape_findings, *specialized_dims(proto, spec)),
         )
+
+
+def _clear_rnn_dispatch_caches() -> None:
+    """Forget cached RNN kernels so this export sees the exporter's RNN decomposition afresh.
+
+    NOTE: ``torch.onnx.export`` registers a while-loop decomposition for ``aten.lstm``/``aten.gru``
+    without clearing their dispatch caches; from the second export in a process on, the cached
+    kernel unrolls the sequence and fixes its length at the export size (torch 2.13).
+    """
+    import torch
+
+    for op in (torch.ops.aten.lstm.input, torch.ops.aten.gru.input):
+        cache = getattr(op, "_dispatch_cache", None)
+        if cache is not None:
+            cache.clear()
 
 
 def _dynamic_shapes(spec: ModelSpec) -> tuple[dict[int, Any] | None, ...]:

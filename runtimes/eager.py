@@ -1,4 +1,4 @@
-"""The eager PyTorch model as a runtime: the reference every artifact is compared with."""
+"""Torch modules as sessions: the eager reference, and modules loaded from TorchScript or ``.pt2`` files."""
 
 from __future__ import annotations
 
@@ -7,23 +7,25 @@ from typing import Any
 
 import numpy as np
 
-from toolchain.errors import InferenceError, SpecError
+from toolchain.errors import InferenceError, SpecError, first_line
 from toolchain.signature import Signature
 
-__all__ = ["EagerSession", "flatten_outputs"]
+__all__ = ["EagerSession", "flatten_outputs", "torch_available"]
 
 
 class EagerSession:
-    """Runs an `nn.Module` (in eval mode, without grad) on numpy feeds.
+    """Runs a torch module (in eval mode, without grad) on numpy feeds.
 
     Args:
-        model: the module, already in eval mode.
+        model: the module, already in eval mode (or a loaded TorchScript / ``.pt2`` module).
         signature: input order and output names.
+        source: what is running, for error messages.
     """
 
-    def __init__(self, model: Any, *, signature: Signature) -> None:
+    def __init__(self, model: Any, *, signature: Signature, source: str = "eager model") -> None:
         self.model = model
         self.signature = signature
+        self.source = source
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the module positionally in signature order; outputs by the spec's names."""
@@ -35,7 +37,7 @@ class EagerSession:
             with torch.no_grad():
                 result = self.model(*args)
         except Exception as e:
-            raise InferenceError(f"eager model failed: {type(e).__name__}: {e}") from e
+            raise InferenceError(f"{self.source} failed: {first_line(e)}") from e
         return flatten_outputs(result, self.signature.output_names)
 
 
@@ -60,3 +62,12 @@ def flatten_outputs(result: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
             raise SpecError(f"output {name!r} is a {type(value).__name__}, not a tensor")
         arrays[name] = value.detach().cpu().numpy()
     return arrays
+
+
+def torch_available() -> bool:
+    """True when torch imports (runtimes of torch-saved formats need it)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True

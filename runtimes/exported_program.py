@@ -3,51 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from runtimes.eager import flatten_outputs
-from toolchain.errors import InferenceError, RuntimeLoadError
+from runtimes.eager import EagerSession, torch_available
+from toolchain.errors import RuntimeLoadError, first_line
 from toolchain.signature import Signature
 
 __all__ = ["ExportedProgramRuntime", "ExportedProgramSession"]
 
 
-class ExportedProgramSession:
-    """A loaded ``.pt2`` program that checks feeds before running.
-
-    Args:
-        path: the file it was loaded from, for messages.
-        module: the program's callable module (``ExportedProgram.module()``).
-        signature: input order and output names.
-    """
-
-    def __init__(self, path: Path, module: Any, *, signature: Signature) -> None:
-        self.path = path
-        self.signature = signature
-        self._module = module
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Check `feeds` against the signature, then run positionally; outputs by name.
-
-        Raises:
-            FeedError: when the feeds do not match the signature.
-            InferenceError: when the program fails, including a size outside its range constraints.
-        """
-        import torch
-
-        self.signature.check_feeds(feeds)
-        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.signature.input_names]
-        try:
-            with torch.no_grad():
-                result = self._module(*args)
-        except Exception as e:
-            # NOTE: a size outside the program's range constraints fails its guards (an AssertionError).
-            raise InferenceError(f"{self.path}: exported program failed: {_first_line(e)}") from e
-        return flatten_outputs(result, self.signature.output_names)
+ExportedProgramSession = EagerSession
+"""Sessions over loaded modules are eager sessions whose errors name the file."""
 
 
 class ExportedProgramRuntime:
@@ -59,13 +25,9 @@ class ExportedProgramRuntime:
 
     def available(self) -> bool:
         """True when torch imports."""
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            return False
-        return True
+        return torch_available()
 
-    def load(self, path: Path, *, signature: Signature | None = None) -> ExportedProgramSession:
+    def load(self, path: Path, *, signature: Signature | None = None) -> EagerSession:
         """Load the ``.pt2`` file at `path`.
 
         Args:
@@ -92,12 +54,7 @@ class ExportedProgramRuntime:
         try:
             module = torch.export.load(str(path)).module()
         except Exception as e:
-            raise RuntimeLoadError(f"{path}: torch.export.load could not load it: {_first_line(e)}") from e
+            raise RuntimeLoadError(f"{path}: torch.export.load could not load it: {first_line(e)}") from e
         finally:
             log.setLevel(level)
-        return ExportedProgramSession(path, module, signature=signature)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return f"{type(error).__name__}: {text.splitlines()[0][:500]}"
+        return EagerSession(module, signature=signature, source=f"{path}: exported program")

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from toolchain.errors import InferenceError, RuntimeLoadError
+from toolchain.errors import InferenceError, RuntimeLoadError, first_line
 from toolchain.signature import Signature, TensorSig
 
 __all__ = ["OrtOptions", "OrtRuntime", "OrtSession"]
@@ -56,7 +56,7 @@ class OrtSession:
         try:
             self._session = ort.InferenceSession(str(path), sess_options=so, providers=list(options.providers))
         except Exception as e:
-            raise RuntimeLoadError(f"{path}: ONNX Runtime could not load it: {_first_line(e)}") from e
+            raise RuntimeLoadError(f"{path}: ONNX Runtime could not load it: {first_line(e)}") from e
         self.path = path
         self.signature = signature or self._native_signature()
         self._output_names = [o.name for o in self._session.get_outputs()]
@@ -81,7 +81,7 @@ class OrtSession:
         try:
             values = self._session.run(self._output_names, dict(feeds))
         except Exception as e:
-            raise InferenceError(f"{self.path}: ONNX Runtime failed: {_first_line(e)}") from e
+            raise InferenceError(f"{self.path}: ONNX Runtime failed: {first_line(e)}") from e
         return {name: np.asarray(v) for name, v in zip(self._output_names, values, strict=True)}
 
 
@@ -108,8 +108,3 @@ class OrtRuntime:
         if not Path(path).is_file():
             raise RuntimeLoadError(f"{path}: no such ONNX file")
         return OrtSession(Path(path), signature=signature, options=self.options)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:500]

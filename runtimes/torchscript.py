@@ -3,50 +3,17 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from runtimes.eager import flatten_outputs
-from toolchain.errors import InferenceError, RuntimeLoadError
+from runtimes.eager import EagerSession, torch_available
+from toolchain.errors import RuntimeLoadError, first_line
 from toolchain.signature import Signature
 
 __all__ = ["TorchScriptRuntime", "TorchScriptSession"]
 
 
-class TorchScriptSession:
-    """A loaded TorchScript module that checks feeds and runs positionally in signature order.
-
-    Args:
-        module: the loaded ``torch.jit.ScriptModule``.
-        path: the file it was loaded from, for messages.
-        signature: input order and output names (a TorchScript file carries neither).
-    """
-
-    def __init__(self, module: Any, *, path: Path, signature: Signature) -> None:
-        self._module = module
-        self.path = path
-        self.signature = signature
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Check `feeds` against the signature, then run; outputs by the signature's names.
-
-        Raises:
-            FeedError: when `feeds` do not match the signature.
-            InferenceError: when the module fails while running.
-        """
-        import torch
-
-        self.signature.check_feeds(feeds)
-        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.signature.input_names]
-        try:
-            with torch.no_grad():
-                result = self._module(*args)
-        except Exception as e:
-            raise InferenceError(f"{self.path}: TorchScript failed: {_first_line(e)}") from e
-        return flatten_outputs(result, self.signature.output_names)
+TorchScriptSession = EagerSession
+"""Sessions over loaded modules are eager sessions whose errors name the file."""
 
 
 class TorchScriptRuntime:
@@ -59,13 +26,9 @@ class TorchScriptRuntime:
 
     def available(self) -> bool:
         """True when torch imports."""
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            return False
-        return True
+        return torch_available()
 
-    def load(self, path: Path, *, signature: Signature | None = None) -> TorchScriptSession:
+    def load(self, path: Path, *, signature: Signature | None = None) -> EagerSession:
         """Load the TorchScript file at `path` onto the CPU.
 
         Args:
@@ -91,11 +54,6 @@ class TorchScriptRuntime:
                 # NOTE: torch.jit.load is unannotated in torch; the ignore is for strict mypy only.
                 module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
         except Exception as e:
-            raise RuntimeLoadError(f"{path}: torch.jit.load could not load it: {_first_line(e)}") from e
+            raise RuntimeLoadError(f"{path}: torch.jit.load could not load it: {first_line(e)}") from e
         module.eval()
-        return TorchScriptSession(module, path=path, signature=signature)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:500]
+        return EagerSession(module, signature=signature, source=f"{path}: TorchScript")

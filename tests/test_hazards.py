@@ -18,7 +18,7 @@ from runtimes import runtime_for
 from runtimes.eager import EagerSession
 from toolchain.errors import SpecError
 from toolchain.parity import compare
-from toolchain.pipeline import ALL_FORMATS, _input_signature, _package_signature, export_package
+from toolchain.pipeline import ALL_FORMATS, export_package, input_signature, package_signature
 from toolchain.registry import Registry
 from toolchain.samples import generate_samples
 from toolchain.spec import Dim, Input, ModelSpec, exportable
@@ -124,11 +124,11 @@ def test_rejection_names_the_sample_and_the_likely_cause(tmp_path: Path) -> None
 
 def _recheck_on_unseen_inputs(spec: ModelSpec, artifact: Path, fmt: str) -> None:
     samples = generate_samples(spec, seed=12345)
-    eager = EagerSession(spec.build().eval(), signature=_input_signature(spec))
+    eager = EagerSession(spec.build().eval(), signature=input_signature(spec))
     expected = [eager.run(s.feeds) for s in samples]
     runtime = runtime_for(fmt)
     assert runtime is not None
-    session = runtime.load(artifact, signature=_package_signature(spec, samples, expected))
+    session = runtime.load(artifact, signature=package_signature(spec, samples, expected))
     for sample, exp in zip(samples, expected, strict=True):
         report = compare(exp, session.run(sample.feeds), spec.tolerance, sample=sample.name)
         assert report, f"{fmt} kept but wrong on inputs it never saw: {report}"

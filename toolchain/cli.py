@@ -114,6 +114,29 @@ def verify(
 
 @app.command()
 @_one_line_errors
+def diagnose(
+    target: Annotated[str, typer.Argument(help="Registered name, package.module:attr, or path/file.py:attr.")],
+    fmt: Annotated[str, typer.Option("--format", help="ONNX path to diagnose: onnx or onnx_legacy.")] = "onnx",
+    sample: Annotated[str, typer.Option("--sample", help="Sample set to localise on (default: first failing).")] = "",
+) -> None:
+    """Export TARGET, compare with eager, and name the first module (and source line) that diverges."""
+    from toolchain.diagnose import diagnose as run_diagnosis
+    from toolchain.target import resolve_target
+
+    result = run_diagnosis(resolve_target(target), exporter=fmt, sample=sample)
+    for report in result.reports:
+        typer.echo(f"  {report}".replace("\n", "\n  "))
+    if result.localization is not None:
+        typer.echo(str(result.localization))
+    elif not result:
+        typer.echo("no single module could be blamed: the graph carries no usable scope for the failing values")
+    if not result:
+        raise typer.Exit(1)
+    typer.echo(f"{fmt}: matches eager on every sample set")
+
+
+@app.command()
+@_one_line_errors
 def inspect(package: Annotated[Path, typer.Argument(help="Package folder to describe.")]) -> None:
     """Print a package's signature, artifacts and recorded parity (after checking its hashes)."""
     from toolchain.package import open_package
@@ -137,16 +160,23 @@ def inspect(package: Annotated[Path, typer.Argument(help="Package folder to desc
 
 @app.command()
 @_one_line_errors
-def zoo() -> None:
-    """List the registered models."""
+def zoo(
+    inputs: Annotated[bool, typer.Option("--inputs", help="Also print each model's input signature.")] = False,
+) -> None:
+    """List the registered models: parameters, FLOPs at the export size, tags and export paths."""
     import zoo as _zoo  # noqa: F401 - registers the zoo's models
     from toolchain.spec import SPECS
+    from toolchain.stats import human, model_stats
 
+    typer.echo(f"{'model':<28} {'params':>8} {'FLOPs':>8}  {'tags':<24} paths")
     for name in SPECS:
         spec = SPECS.get(name)
-        inputs = ", ".join(f"{k}:{v.dtype}{list(v.shape)}" for k, v in spec.inputs.items())
+        stats = model_stats(spec)
         tags = ",".join(spec.tags)
-        typer.echo(f"{name:<24} {tags:<18} {inputs} -> {', '.join(spec.outputs)}")
+        typer.echo(f"{name:<28} {human(stats.params):>8} {human(stats.flops):>8}  {tags:<24} {','.join(spec.formats)}")
+        if inputs:
+            signature = ", ".join(f"{k}: {v.dtype}{list(v.shape)}" for k, v in spec.inputs.items())
+            typer.echo(f"    {signature} -> {', '.join(spec.outputs)}")
 
 
 def main() -> None:

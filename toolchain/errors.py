@@ -12,7 +12,14 @@ __all__ = [
     "SpecError",
     "TargetError",
     "ToolchainError",
+    "first_line",
 ]
+
+
+def first_line(error: BaseException) -> str:
+    """``Type: first line of the message`` (at most 500 characters), for one-line error reports."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:500]}" if text else type(error).__name__
 
 
 class ToolchainError(Exception):

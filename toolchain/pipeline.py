@@ -19,6 +19,7 @@ from runtimes.eager import EagerSession
 from toolchain import trust
 from toolchain.artifact import Artifact, Finding
 from toolchain.errors import InferenceError, PackageError, TargetError, ToolchainError
+from toolchain.localize import Localization, localize
 from toolchain.package import PackageStaging, check_destination, stage_package
 from toolchain.parity import ParityReport, compare
 from toolchain.record import build_manifest, build_report
@@ -28,7 +29,16 @@ from toolchain.signature import Signature, TensorSig
 from toolchain.spec import FORMATS, ModelSpec
 from toolchain.verify import verify_package
 
-__all__ = ["ALL_FORMATS", "AUTO_FORMATS", "ExportResult", "PathResult", "StageResult", "export_package"]
+__all__ = [
+    "ALL_FORMATS",
+    "AUTO_FORMATS",
+    "ExportResult",
+    "PathResult",
+    "StageResult",
+    "export_package",
+    "input_signature",
+    "package_signature",
+]
 
 PASSED, FAILED, NOT_RUN, KEPT, REJECTED = "passed", "failed", "not run", "kept", "rejected"
 STAGES = ("build", "reference", "export", "package")
@@ -62,6 +72,8 @@ class PathResult:
     reason: str = ""
     export_seconds: float = 0.0
     verify_seconds: float = 0.0
+    localization: Localization | None = None
+    """For a rejected ONNX artifact: the first module whose output diverges from eager."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -72,6 +84,7 @@ class PathResult:
             "export_seconds": round(self.export_seconds, 3),
             "verify_seconds": round(self.verify_seconds, 3),
             "artifact": self.artifact.to_dict() if self.artifact else None,
+            "localization": self.localization.to_dict() if self.localization else None,
             "samples": [r.to_dict() for r in self.reports],
         }
 
@@ -181,9 +194,9 @@ def _run_stages(
         model.eval()
     with result.running("reference", progress):
         result.samples = generate_samples(spec, seed=seed)
-        eager = EagerSession(model, signature=_input_signature(spec))
+        eager = EagerSession(model, signature=input_signature(spec))
         expected = [_reference(eager, s) for s in result.samples]
-        result.signature = _package_signature(spec, result.samples, expected)
+        result.signature = package_signature(spec, result.samples, expected)
     with stage_package(out, force=force) as staging:
         with result.running("export", progress) as stage:
             for name in candidates:
@@ -231,6 +244,10 @@ def _try_path(
             path.export_seconds = time.perf_counter() - start
         start = time.perf_counter()
         path.status, path.reason = _verify_path(path.artifact, workdir, result, expected, path.reports)
+        if path.status == REJECTED and path.artifact.format == "onnx":
+            path.localization = _localize(model, result, workdir / path.artifact.path, path.reports)
+            if path.localization is not None:
+                path.reason += f"; {path.localization}"
         path.verify_seconds = time.perf_counter() - start
         if path.status == KEPT:
             for rel in path.artifact.files:
@@ -272,6 +289,18 @@ def _verify_path(
     return REJECTED, f"parity failed on sample {sample.name!r} ({_sizes(sample)}): {_failure(report)}{more}{because}"
 
 
+def _localize(model: Any, result: ExportResult, onnx_path: Path, reports: list[ParityReport]) -> Localization | None:
+    """Localise the first numeric failure; localisation is best effort and never fails the export."""
+    failing = next((r for r in reports if not r and not r.error), None)
+    if failing is None:
+        return None
+    sample = next(s for s in result.samples if s.name == failing.sample)
+    try:
+        return localize(result.spec, model, onnx_path, sample, tolerance=result.spec.tolerance)
+    except Exception:  # NOTE: a graph localisation cannot read must not hide the parity failure itself.
+        return None
+
+
 def likely_cause(sample: SampleSet, base: SampleSet, findings: Sequence[Finding]) -> Finding | None:
     """The finding that most probably explains a failure on `sample` (a dim it moves, a frozen trace)."""
     moved = [sym for sym, size in sample.sizes.items() if base.sizes.get(sym) != size]
@@ -304,14 +333,15 @@ def _write_package(
     return entries
 
 
-def _input_signature(spec: ModelSpec) -> Signature:
+def input_signature(spec: ModelSpec) -> Signature:
+    """The spec's inputs; output names only (their dtypes and shapes come from eager)."""
     return Signature(
         inputs=tuple(TensorSig(k, v.dtype, v.shape) for k, v in spec.inputs.items()),
         outputs=tuple(TensorSig(n, "?", ()) for n in spec.outputs),
     )
 
 
-def _package_signature(spec: ModelSpec, samples: list[SampleSet], expected: list[dict[str, np.ndarray]]) -> Signature:
+def package_signature(spec: ModelSpec, samples: list[SampleSet], expected: list[dict[str, np.ndarray]]) -> Signature:
     """Inputs from the spec; output dtypes and symbolic shapes read off eager's outputs at every size."""
     outputs = []
     for name in spec.outputs:
@@ -328,7 +358,7 @@ def _package_signature(spec: ModelSpec, samples: list[SampleSet], expected: list
             dims.append(match[0] if match else "?")
         outputs.append(TensorSig(name, str(expected[0][name].dtype), tuple(dims)))
     verified = {sym: tuple(sorted({s.sizes[sym] for s in samples})) for sym in spec.symbols()}
-    return Signature(_input_signature(spec).inputs, tuple(outputs), verified)
+    return Signature(input_signature(spec).inputs, tuple(outputs), verified)
 
 
 def _training_findings(model: Any) -> list[Finding]:

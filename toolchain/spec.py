@@ -52,11 +52,11 @@ class Dim:
             raise SpecError(f"Dim.max must be 0 (unbounded) or >= example={self.example}, got {self.max}")
 
     def sizes(self) -> tuple[int, ...]:
-        """Sizes to verify: the export size first, then the smallest, then a larger odd one."""
+        """Sizes to verify: the export size, the smallest, ``2 * example + 1`` and the largest declared."""
         larger = self.example * 2 + 1
         if self.max:
             larger = min(larger, self.max)
-        return tuple(dict.fromkeys((self.example, self.min, larger)))
+        return tuple(dict.fromkeys((self.example, self.min, larger, self.max or larger)))
 
     def to_dict(self) -> dict[str, int]:
         """JSON form."""

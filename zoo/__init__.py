@@ -5,6 +5,6 @@ Importing this package registers every zoo model in `toolchain.SPECS`.
 
 from __future__ import annotations
 
-from zoo import feed, image
+from zoo import face, feed, image, integrity, search, speech, translation
 
-__all__ = ["feed", "image"]
+__all__ = ["face", "feed", "image", "integrity", "search", "speech", "translation"]

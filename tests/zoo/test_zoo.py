@@ -1,21 +1,34 @@
 from __future__ import annotations
 
+import importlib
+import re
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 import zoo  # noqa: F401
-from toolchain.pipeline import ALL_FORMATS, export_package
-from toolchain.spec import SPECS
+from toolchain.cli import app
+from toolchain.pipeline import export_package
+from toolchain.spec import FORMATS, SPECS
 from toolchain.verify import verify_package
 
-# Every path that applies, per model; a model module's docstring explains any path left out.
-EXPECTED_KEPT = dict.fromkeys(("feed.dlrm_small", "image.cnn_small"), ALL_FORMATS)
-ZOO = [name for name in SPECS.names() if name.split(".")[0] in {"feed", "image"}]
+SERVICES = ("feed", "face", "image", "search", "translation", "integrity", "speech")
+ZOO = [name for name in SPECS.names() if name.split(".")[0] in SERVICES]
 
 
-def test_zoo_registers_the_starting_models() -> None:
-    assert {"feed.dlrm_small", "image.cnn_small"} <= set(ZOO)
+def test_every_service_has_a_model() -> None:
+    assert {name.split(".")[0] for name in ZOO} == set(SERVICES)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_paths_left_out_are_explained_in_the_model_docstring(name: str) -> None:
+    spec = SPECS.get(name)
+    module_doc = importlib.import_module(spec.factory.__module__).__doc__ or ""
+    assert module_doc, f"{spec.factory.__module__} needs a docstring naming its service and hazards"
+    for fmt in set(FORMATS) - set(spec.formats):
+        docs = (spec.factory.__doc__ or "") + module_doc
+        assert re.search(rf"\b{fmt}\b", docs), f"{name} leaves out {fmt} without saying why in a docstring"
 
 
 @pytest.mark.slow
@@ -24,12 +37,22 @@ def test_export_and_verify_every_zoo_model(name: str, tmp_path: Path) -> None:
     spec = SPECS.get(name)
     result = export_package(spec, tmp_path / "pkg")
     assert result, [(s.name, s.status, s.detail) for s in result.stages]
-    assert [p.exporter for p in result.kept] == list(EXPECTED_KEPT[name]), [
-        (p.exporter, p.reason) for p in result.paths
-    ]
-    sizes = {sym: sorted({s.sizes[sym] for s in result.samples}) for sym in spec.symbols()}
-    for sym, seen in sizes.items():
+    kept = [p.exporter for p in result.kept]
+    assert kept == list(spec.formats), [(p.exporter, p.reason) for p in result.paths]
+    for sym in spec.symbols():
+        seen = sorted({s.sizes[sym] for s in result.samples})
         assert len(seen) >= 3 and min(seen) == spec.dim(sym).min, (sym, seen)
     report = verify_package(tmp_path / "pkg")
     assert report, report.failure_lines()
-    assert [len(c.reports) for c in report.checks] == [len(result.samples)] * len(ALL_FORMATS)
+    assert [len(c.reports) for c in report.checks] == [len(result.samples)] * len(kept)
+
+
+def test_zoo_command_lists_params_flops_tags_and_paths() -> None:
+    result = CliRunner().invoke(app, ["zoo"])
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines()[1:] if line.strip()}
+    assert set(ZOO) <= set(lines)
+    assert "135k" in lines["feed.dlrm_small"]  # parameters
+    assert "22.4M" in lines["image.cnn_small"]  # FLOPs at the export size
+    assert "ranking,feed" in lines["feed.dlrm_small"]
+    assert "onnx,onnx_legacy,torchscript,exported_program" in lines["feed.dlrm_small"]
