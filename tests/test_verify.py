@@ -128,3 +128,17 @@ def test_trust_is_void_once_the_manifest_changes(tiny_package: Path, copy_of) ->
     assert is_trusted(pkg)
     (pkg / "manifest.json").write_text((pkg / "manifest.json").read_text().replace('"test.tiny"', '"test.tinz"'))
     assert not is_trusted(pkg)
+
+
+def test_unwritable_trust_list_keeps_the_package_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import TINY
+    from toolchain.pipeline import export_package
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("TOOLCHAIN_HOME", str(blocker))
+    result = export_package(TINY, tmp_path / "pkg", formats=["onnx", "torchscript"])
+    assert result
+    assert any(f.kind == "trust-list" for f in result.findings)
+    report = verify_package(tmp_path / "pkg")
+    assert report.refused == ("torchscript/model.pt",)

@@ -25,15 +25,23 @@ def trust_list_path() -> Path:
     return Path(home).expanduser() / "trusted-manifests.txt"
 
 
-def remember(package: Path) -> None:
-    """Record `package` (just written here) as trusted; keeps the newest entries only."""
+def remember(package: Path) -> bool:
+    """Record `package` (just written here) as trusted; keeps the newest entries only.
+
+    Returns False when the trust list cannot be written (the package is fine; verifying its
+    TorchScript and ``.pt2`` artifacts then needs ``--trust``).
+    """
     path = trust_list_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    entries = _entries(path)
-    entries.append(_manifest_hash(package))
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text("\n".join(entries[-_KEEP:]) + "\n", encoding="ascii")
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entries = _entries(path)
+        entries.append(_manifest_hash(package))
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text("\n".join(entries[-_KEEP:]) + "\n", encoding="ascii")
+        tmp.replace(path)
+    except OSError:
+        return False
+    return True
 
 
 def is_trusted(package: Path) -> bool:
