@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolchain import Dim, Input, exportable
+from zoo._blocks import random_bn
 
 __all__ = ["EMBED", "FaceEmbedder", "LogisticMatcher", "SvmMatcher", "pair_features"]
 
@@ -28,22 +29,11 @@ EMBED = 64
 _COORD = 0.22
 
 
-def _random_bn(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> nn.BatchNorm1d | nn.BatchNorm2d:
-    """Give `bn` random running statistics and affine parameters, so BN folding changes numbers."""
-    n = bn.num_features
-    bn.running_mean = torch.empty(n).uniform_(-0.5, 0.5)
-    bn.running_var = torch.empty(n).uniform_(0.5, 2.0)
-    with torch.no_grad():
-        bn.weight.uniform_(0.5, 1.5)
-        bn.bias.uniform_(-0.2, 0.2)
-    return bn
-
-
 def _conv_bn_prelu(cin: int, cout: int, stride: int) -> nn.Sequential:
     prelu = nn.PReLU(cout)
     with torch.no_grad():
         prelu.weight.uniform_(0.05, 0.4)  # NOTE: per-channel slopes, not the shared 0.25 default
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), _random_bn(nn.BatchNorm2d(cout)), prelu)
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), random_bn(nn.BatchNorm2d(cout)), prelu)
 
 
 def _unit_rows(rng: np.random.Generator, rows: int) -> np.ndarray:
@@ -114,7 +104,7 @@ class FaceEmbedder(nn.Module):
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(128, EMBED, bias=False)
-        self.bn = _random_bn(nn.BatchNorm1d(EMBED))
+        self.bn = random_bn(nn.BatchNorm1d(EMBED))
 
     def forward(self, face: torch.Tensor) -> torch.Tensor:
         """Unit-norm embeddings, shape (batch, EMBED)."""

@@ -14,18 +14,13 @@ import torch
 from torch import nn
 
 from toolchain import Dim, exportable
+from zoo._blocks import random_bn
 
 __all__ = ["BasicBlock", "InvertedResidual", "MobileNetV2Small", "ResNetSmall", "SmallCNN"]
 
 
 def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
-    bn = nn.BatchNorm2d(cout)
-    # NOTE: fresh BN stats are the identity; random ones make BN folding actually change numbers.
-    bn.running_mean = torch.empty(cout).uniform_(-0.5, 0.5)
-    bn.running_var = torch.empty(cout).uniform_(0.5, 2.0)
-    with torch.no_grad():
-        bn.weight.uniform_(0.5, 1.5)
-        bn.bias.uniform_(-0.2, 0.2)
+    bn = random_bn(nn.BatchNorm2d(cout))
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), bn, nn.ReLU())
 
 
@@ -62,29 +57,18 @@ _IMAGE_DIMS = {
 }
 
 
-def _random_bn(channels: int) -> nn.BatchNorm2d:
-    """Batch norm with random running statistics and affine parameters, as in `_conv_bn`."""
-    bn = nn.BatchNorm2d(channels)
-    bn.running_mean = torch.empty(channels).uniform_(-0.5, 0.5)
-    bn.running_var = torch.empty(channels).uniform_(0.5, 2.0)
-    with torch.no_grad():
-        bn.weight.uniform_(0.5, 1.5)
-        bn.bias.uniform_(-0.2, 0.2)
-    return bn
-
-
 class BasicBlock(nn.Module):
     """ResNet basic block: two 3x3 conv-BN, plus the input (through a 1x1 conv-BN when the shape changes)."""
 
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = _random_bn(cout)
+        self.bn1 = random_bn(nn.BatchNorm2d(cout))
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = _random_bn(cout)
+        self.bn2 = random_bn(nn.BatchNorm2d(cout))
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _random_bn(cout))
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), random_bn(nn.BatchNorm2d(cout)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``."""
@@ -105,7 +89,7 @@ class ResNetSmall(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), _random_bn(16), nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), random_bn(nn.BatchNorm2d(16)), nn.ReLU())
         blocks: list[nn.Module] = []
         cin = 16
         for cout, stride in ((16, 1), (32, 2), (64, 2)):
@@ -123,7 +107,7 @@ class ResNetSmall(nn.Module):
 
 def _conv_bn_relu6(cin: int, cout: int, kernel: int, stride: int, groups: int = 1) -> nn.Sequential:
     conv = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False)
-    return nn.Sequential(conv, _random_bn(cout), nn.ReLU6())
+    return nn.Sequential(conv, random_bn(nn.BatchNorm2d(cout)), nn.ReLU6())
 
 
 class InvertedResidual(nn.Module):
@@ -136,7 +120,7 @@ class InvertedResidual(nn.Module):
         layers += [
             _conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
             nn.Conv2d(hidden, cout, 1, bias=False),
-            _random_bn(cout),
+            random_bn(nn.BatchNorm2d(cout)),
         ]
         self.block = nn.Sequential(*layers)
         self.residual = stride == 1 and cin == cout

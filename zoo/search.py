@@ -10,27 +10,16 @@ gathered by ``arange(seq)`` (a trace must not freeze it), ``EmbeddingBag`` with
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from toolchain import Dim, Input, exportable
+from zoo._blocks import sinusoids
 
 __all__ = ["TextEncoder", "TwoTower"]
 
 VOCAB, D_MODEL, HEADS, FF, LAYERS, MAX_LEN = 1000, 64, 4, 128, 2, 128
-
-
-def _sinusoids(length: int, width: int) -> torch.Tensor:
-    """The fixed sine/cosine position table of "Attention Is All You Need", shape (length, width)."""
-    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
-    freq = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
-    table = torch.zeros(length, width)
-    table[:, 0::2] = torch.sin(position * freq)
-    table[:, 1::2] = torch.cos(position * freq)
-    return table
 
 
 class _EncoderLayer(nn.Module):
@@ -73,7 +62,7 @@ class _Encoder(nn.Module):
         # NOTE: a frozen Embedding, not a buffer sliced with `[:seq]`: a buffer needs a class-level
         # annotation for mypy, which `torch.jit.script` cannot read under postponed annotations.
         # `from_pretrained` is unannotated in torch; the ignore is for strict mypy only.
-        table = _sinusoids(MAX_LEN, D_MODEL)
+        table = sinusoids(MAX_LEN, D_MODEL)
         self.position = nn.Embedding.from_pretrained(table, freeze=True)  # type: ignore[no-untyped-call]
         self.layers = nn.ModuleList(_EncoderLayer() for _ in range(layers))
         self.norm = nn.LayerNorm(D_MODEL)

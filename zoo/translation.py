@@ -11,13 +11,12 @@ check the margin on the generated samples).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from toolchain import Dim, Input, exportable
+from zoo._blocks import sinusoids
 
 __all__ = ["GreedyDecoder", "Seq2Seq"]
 
@@ -31,16 +30,6 @@ cores for all four paths with verification: 8 steps took 120 s (onnx export alon
 """
 
 _DIMS = {"batch": Dim(example=4, min=1, max=32), "src_len": Dim(example=12, min=1, max=MAX_LEN)}
-
-
-def _sinusoids(length: int, width: int) -> torch.Tensor:
-    """The fixed sine/cosine position table of "Attention Is All You Need", shape (length, width)."""
-    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
-    freq = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
-    table = torch.zeros(length, width)
-    table[:, 0::2] = torch.sin(position * freq)
-    table[:, 1::2] = torch.cos(position * freq)
-    return table
 
 
 class _Attention(nn.Module):
@@ -137,7 +126,7 @@ class Seq2Seq(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(VOCAB, D_MODEL)
         # NOTE: `from_pretrained` is unannotated in torch; the ignore is for strict mypy only.
-        table = _sinusoids(MAX_LEN, D_MODEL)
+        table = sinusoids(MAX_LEN, D_MODEL)
         self.position = nn.Embedding.from_pretrained(table, freeze=True)  # type: ignore[no-untyped-call]
         self.encoder = nn.ModuleList(_EncoderLayer() for _ in range(LAYERS))
         self.encoder_norm = nn.LayerNorm(D_MODEL)
