@@ -15,7 +15,7 @@ from toolchain.errors import ExportError
 from toolchain.samples import SampleSet
 from toolchain.spec import ModelSpec
 
-__all__ = ["OnnxExporter", "specialized_dims"]
+__all__ = ["OnnxExporter", "onnx_artifact", "specialized_dims"]
 
 _NO_TABLE: Mapping[Any, Any] = MappingProxyType({})
 
@@ -68,20 +68,35 @@ class OnnxExporter:
             except Exception as e:
                 raise ExportError(f"{spec.name}: torch.onnx.export(dynamo=True) failed: {summarize_error(e)}") from e
         seconds = time.perf_counter() - start
-        import onnx
-
-        proto = onnx.load(str(target), load_external_data=False)
-        opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-        files = sorted(p.relative_to(workdir).as_posix() for p in target.parent.iterdir() if p.is_file())
-        return Artifact(
-            format="onnx",
-            path=rel,
-            files=tuple(files),
+        return onnx_artifact(
+            workdir,
+            rel,
+            spec,
             exporter="torch.onnx.export(dynamo=True)",
-            opset=opset,
-            export_seconds=seconds,
-            findings=(*findings, *shape_findings, *specialized_dims(proto, spec)),
+            seconds=seconds,
+            findings=[*findings, *shape_findings],
         )
+
+
+def onnx_artifact(
+    workdir: Path, rel: str, spec: ModelSpec, *, exporter: str, seconds: float, findings: list[Finding]
+) -> Artifact:
+    """The `Artifact` for an ONNX file just saved at ``workdir/rel``, with its dims checked against `spec`."""
+    import onnx
+
+    target = Path(workdir) / rel
+    proto = onnx.load(str(target), load_external_data=False)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    files = sorted(p.relative_to(workdir).as_posix() for p in target.parent.iterdir() if p.is_file())
+    return Artifact(
+        format="onnx",
+        path=rel,
+        files=tuple(files),
+        exporter=exporter,
+        opset=opset,
+        export_seconds=seconds,
+        findings=(*findings, *specialized_dims(proto, spec)),
+    )
 
 
 def _clear_rnn_dispatch_caches() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from exporters._capture import capture_findings, summarize_error
-from exporters.onnx import specialized_dims
+from exporters.onnx import onnx_artifact
 from toolchain.artifact import Artifact
 from toolchain.errors import ExportError
 from toolchain.samples import SampleSet
@@ -57,19 +57,8 @@ class LegacyOnnxExporter:
             except Exception as e:
                 raise ExportError(f"{spec.name}: torch.onnx.export(dynamo=False) failed: {summarize_error(e)}") from e
         seconds = time.perf_counter() - start
-        import onnx
-
-        proto = onnx.load(str(target), load_external_data=False)
-        opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-        files = sorted(p.relative_to(workdir).as_posix() for p in target.parent.iterdir() if p.is_file())
-        return Artifact(
-            format=self.format,
-            path=rel,
-            files=tuple(files),
-            exporter="torch.onnx.export(dynamo=False)",
-            opset=opset,
-            export_seconds=seconds,
-            findings=(*findings, *specialized_dims(proto, spec)),
+        return onnx_artifact(
+            workdir, rel, spec, exporter="torch.onnx.export(dynamo=False)", seconds=seconds, findings=findings
         )
 
 
