@@ -109,3 +109,14 @@ def test_same_seed_is_identical_and_other_seed_differs(spec: ModelSpec) -> None:
             np.testing.assert_array_equal(sa.feeds[key], sb.feeds[key])
         assert not np.array_equal(sa.feeds["noise"], sc.feeds["noise"])
         assert not np.array_equal(sa.feeds["dense"], sc.feeds["dense"])
+
+
+def test_adding_a_size_leaves_the_other_sets_values_alone() -> None:
+    def spec_with(dims: dict[str, Dim]) -> ModelSpec:
+        return ModelSpec(name="t.stable", factory=object, inputs={"x": Input.normal(("batch", 4))}, dims=dims)
+
+    small = {s.name: s for s in generate_samples(spec_with({"batch": Dim(example=3)}), seed=5)}
+    large = {s.name: s for s in generate_samples(spec_with({"batch": Dim(example=3, max=40)}), seed=5)}
+    assert set(large) - set(small) == {"batch-40"}
+    for name, sample in small.items():
+        np.testing.assert_array_equal(sample.feeds["x"], large[name].feeds["x"])

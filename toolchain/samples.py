@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -34,8 +35,9 @@ def generate_samples(spec: ModelSpec, *, seed: int = 0) -> list[SampleSet]:
     for sym in spec.symbols():
         plans.extend((f"{sym}-{size}", {**base, sym: size}) for size in spec.dim(sym).sizes()[1:])
     sets = []
-    for index, (name, sizes) in enumerate(plans):
-        rng = np.random.default_rng([seed, index])
+    for name, sizes in plans:
+        # NOTE: seeded by the set's name, so adding or dropping a size leaves the other sets' values alone.
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
         feeds = {key: make_feed(inp, sizes, rng) for key, inp in spec.inputs.items()}
         sets.append(SampleSet(name=name, sizes=sizes, feeds=feeds))
     generated = {s.name for s in sets}
