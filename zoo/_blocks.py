@@ -8,7 +8,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-__all__ = ["random_bn", "sinusoids"]
+__all__ = ["position_table", "random_bn", "sinusoids"]
 
 BN = TypeVar("BN", nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -35,4 +35,15 @@ def sinusoids(length: int, width: int) -> torch.Tensor:
     table = torch.zeros(length, width)
     table[:, 0::2] = torch.sin(position * freq)
     table[:, 1::2] = torch.cos(position * freq)
+    return table
+
+
+def position_table(length: int, width: int) -> nn.Embedding:
+    """A frozen embedding holding the sinusoid table, looked up by position index.
+
+    NOTE: an Embedding rather than a buffer sliced with ``[:seq]``: a buffer needs a class-level
+    annotation for mypy, which ``torch.jit.script`` cannot read under postponed annotations.
+    """
+    # NOTE: `from_pretrained` is unannotated in torch; the ignore is for strict mypy only.
+    table: nn.Embedding = nn.Embedding.from_pretrained(sinusoids(length, width), freeze=True)  # type: ignore[no-untyped-call]
     return table

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolchain import Dim, Input, exportable
-from zoo._blocks import sinusoids
+from zoo._blocks import position_table
 
 __all__ = ["TextEncoder", "TwoTower"]
 
@@ -59,11 +59,7 @@ class _Encoder(nn.Module):
     def __init__(self, layers: int) -> None:
         super().__init__()
         self.token = nn.Embedding(VOCAB, D_MODEL)
-        # NOTE: a frozen Embedding, not a buffer sliced with `[:seq]`: a buffer needs a class-level
-        # annotation for mypy, which `torch.jit.script` cannot read under postponed annotations.
-        # `from_pretrained` is unannotated in torch; the ignore is for strict mypy only.
-        table = sinusoids(MAX_LEN, D_MODEL)
-        self.position = nn.Embedding.from_pretrained(table, freeze=True)  # type: ignore[no-untyped-call]
+        self.position = position_table(MAX_LEN, D_MODEL)
         self.layers = nn.ModuleList(_EncoderLayer() for _ in range(layers))
         self.norm = nn.LayerNorm(D_MODEL)
 

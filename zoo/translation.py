@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolchain import Dim, Input, exportable
-from zoo._blocks import sinusoids
+from zoo._blocks import position_table
 
 __all__ = ["GreedyDecoder", "Seq2Seq"]
 
@@ -125,9 +125,7 @@ class Seq2Seq(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.embed = nn.Embedding(VOCAB, D_MODEL)
-        # NOTE: `from_pretrained` is unannotated in torch; the ignore is for strict mypy only.
-        table = sinusoids(MAX_LEN, D_MODEL)
-        self.position = nn.Embedding.from_pretrained(table, freeze=True)  # type: ignore[no-untyped-call]
+        self.position = position_table(MAX_LEN, D_MODEL)
         self.encoder = nn.ModuleList(_EncoderLayer() for _ in range(LAYERS))
         self.encoder_norm = nn.LayerNorm(D_MODEL)
         self.decoder = nn.ModuleList(_DecoderLayer() for _ in range(LAYERS))
