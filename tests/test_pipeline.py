@@ -63,7 +63,8 @@ def test_model_that_cannot_run_at_a_declared_size_fails_in_reference(tmp_path: P
 def test_every_stage_and_path_is_recorded_and_timed(tmp_path: Path) -> None:
     result = export_package(TINY, tmp_path / "pkg", seed=3)
     assert result
-    assert [s.status for s in result.stages] == ["passed"] * 4
+    assert [s.name for s in result.stages] == ["build", "reference", "export", "optimize", "precision", "package"]
+    assert [s.status for s in result.stages] == ["passed"] * 6
     assert [p.exporter for p in result.kept] == list(ALL_FORMATS)
     assert all(p.export_seconds > 0 for p in result.paths)
     assert [s.name for s in result.samples] == ["export", "batch-1", "batch-7"]

@@ -5,9 +5,11 @@ The names here import neither torch nor onnxruntime.
 
 from __future__ import annotations
 
+from toolchain.checks import TaskCheck
 from toolchain.errors import (
     ExportError,
     FeedError,
+    GateError,
     InferenceError,
     PackageError,
     ParityError,
@@ -24,6 +26,7 @@ __all__ = [
     "Dim",
     "ExportError",
     "FeedError",
+    "GateError",
     "InferenceError",
     "Input",
     "ModelSpec",
@@ -33,6 +36,7 @@ __all__ = [
     "RuntimeLoadError",
     "SpecError",
     "TargetError",
+    "TaskCheck",
     "Tolerance",
     "ToolchainError",
     "compare",

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from toolchain.checks import TaskCheck
+from toolchain.parity import Tolerance
+
 __all__ = ["Artifact", "Finding"]
 
 
@@ -44,6 +47,10 @@ class Artifact:
         variant: precision variant (``"fp32"``).
         export_seconds: wall time of the export.
         findings: what the exporter noticed.
+        passes: optimisation passes applied, in order.
+        keep: for a precision variant, nodes left in fp32 (fp16 block list, int8 exclusion list).
+        tolerance: for a precision variant, the tolerance its gate used (the package's otherwise).
+        checks: for a precision variant, the task checks its gate used.
     """
 
     format: str
@@ -54,6 +61,10 @@ class Artifact:
     variant: str = "fp32"
     export_seconds: float = 0.0
     findings: tuple[Finding, ...] = field(default_factory=tuple)
+    passes: tuple[str, ...] = ()
+    keep: tuple[str, ...] = ()
+    tolerance: Tolerance | None = None
+    checks: tuple[TaskCheck, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form, as stored in the manifest."""
@@ -66,4 +77,8 @@ class Artifact:
             "variant": self.variant,
             "export_seconds": round(self.export_seconds, 3),
             "findings": [f.to_dict() for f in self.findings],
+            "passes": list(self.passes),
+            **({"keep": list(self.keep)} if self.keep else {}),
+            **({"tolerance": self.tolerance.to_dict()} if self.tolerance else {}),
+            **({"checks": [c.to_dict() for c in self.checks]} if self.checks else {}),
         }

@@ -52,6 +52,22 @@ def export(
             "ONNX path only.",
         ),
     ] = "all",
+    optimize: Annotated[
+        bool,
+        typer.Option(
+            "--optimize/--no-optimize",
+            help="Run the optimisation passes over every kept artifact; a pass that breaks parity or slows "
+            "the model down on this host is skipped and reported.",
+        ),
+    ] = True,
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            help="Comma-separated precisions to ship: fp32, fp16, int8 (dynamic and static). Each variant is "
+            "built from the best ONNX path, repaired if it fails, and kept only if it passes its own gate.",
+        ),
+    ] = "fp32",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing package at --out.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for the generated sample inputs.")] = 0,
 ) -> None:
@@ -65,18 +81,31 @@ def export(
     spec = resolve_target(target)
     chosen = () if formats == "all" else tuple(f.strip() for f in formats.split(",") if f.strip())
     with console.status(f"{spec.name}: starting") as status:
-        result = export_package(spec, out, formats=chosen, force=force, seed=seed, progress=status.update)
+        result = export_package(
+            spec,
+            out,
+            formats=chosen,
+            optimize=optimize,
+            precisions=tuple(p.strip() for p in precision.split(",") if p.strip()),
+            force=force,
+            seed=seed,
+            progress=status.update,
+        )
     for stage in result.stages:
         typer.echo(f"  {stage.name:<10} {stage.status:<8} {stage.seconds:6.2f}s")
-    for path in result.paths:
+    for path in [*result.paths, *result.variants]:
         passed = sum(bool(r) for r in path.reports)
         worst = max((o.worst_ratio for r in path.reports for o in r.outputs), default=0.0)
-        line = f"  {path.exporter:<17} {path.status:<8} export {path.export_seconds:5.2f}s"
+        line = f"  {path.name:<17} {path.status:<8} export {path.export_seconds:5.2f}s"
         if path.reports:
             line += f"  {passed}/{len(path.reports)} sample sets passed, worst {worst:.3g}x of allowed"
         typer.echo(line)
         if path.reason:
             typer.echo(f"      {path.reason}")
+        for step in path.passes:
+            typer.echo(f"      pass {step}")
+        if path.repair and path.repair.keep:
+            typer.echo(f"      kept in fp32: {len(path.repair.keep)} node(s) in {path.repair.kept_modules or '-'}")
     if not result:
         failed = result.failed_stage
         name, detail = (failed.name, failed.detail) if failed else ("?", "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ExportError",
     "FeedError",
+    "GateError",
     "InferenceError",
     "PackageError",
     "ParityError",
@@ -56,3 +57,7 @@ class ParityError(ToolchainError):
 
 class PackageError(ToolchainError):
     """A package folder is missing, corrupted, or would be overwritten."""
+
+
+class GateError(ToolchainError):
+    """The parity gate cannot run: a baseline file is missing or malformed, or an executor is unavailable."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from toolchain.parity import Tolerance, compare
 from toolchain.samples import SampleSet
 from toolchain.spec import ModelSpec
 
-__all__ = ["Localization", "localize"]
+__all__ = ["Localization", "localize", "node_scopes", "run_exposed"]
 
 _FX_CALL = re.compile(
     r"^%(?P<out>\w+) : .*call_function\[target=(?P<target>[\w.]+)\]\(args = \((?P<args>.*)\), kwargs = \{\}\)$"
@@ -89,10 +89,10 @@ def localize(
     proto_copy = onnx.ModelProto()
     proto_copy.CopyFrom(proto)
     nodes = list(proto.graph.node)
-    scopes = [_scopes(node) for node in nodes]
+    scopes = [node_scopes(node) for node in nodes]
     boundaries = {r.name: _boundary(proto, nodes, scopes, r.name) for r in records}
     exposed = sorted({v for ins, outs in boundaries.values() for v in (*ins, *outs)})
-    values = _run_exposed(proto, exposed, sample)
+    values = run_exposed(proto, exposed, sample.feeds)
     atol, rtol = tolerance.atol, tolerance.rtol
     compared = 0
     fallback: Localization | None = None
@@ -153,7 +153,7 @@ def _eager_records(model: Any, spec: ModelSpec, sample: SampleSet) -> list[_Reco
     return records
 
 
-def _scopes(node: Any) -> tuple[str, ...]:
+def node_scopes(node: Any) -> tuple[str, ...]:
     """Qualified names of the modules a node was exported from, outermost first."""
     for prop in node.metadata_props:
         if prop.key == "pkg.torch.onnx.name_scopes":
@@ -176,7 +176,8 @@ def _boundary(proto: Any, nodes: list[Any], scopes: list[tuple[str, ...]], name:
     return list(dict.fromkeys(entering)), leaving
 
 
-def _run_exposed(proto: Any, names: Sequence[str], sample: SampleSet) -> dict[str, np.ndarray]:
+def run_exposed(proto: Any, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run `proto` unoptimised on `feeds` with the values `names` exposed as extra outputs (adds them to `proto`)."""
     import onnx
     import onnxruntime as ort
 
@@ -192,10 +193,10 @@ def _run_exposed(proto: Any, names: Sequence[str], sample: SampleSet) -> dict[st
         # NOTE: no graph optimisation, so the exposed values are those of the exported graph.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feeds = {i.name: sample.feeds[i.name] for i in session.get_inputs()}
+        given = {i.name: feeds[i.name] for i in session.get_inputs()}
         outputs = [o.name for o in session.get_outputs()]
-        values = dict(zip(outputs, session.run(outputs, feeds), strict=True))
-    values.update({k: v for k, v in sample.feeds.items() if k in graph_inputs})
+        values = dict(zip(outputs, session.run(outputs, given), strict=True))
+    values.update({k: v for k, v in feeds.items() if k in graph_inputs})
     return {k: np.asarray(v) for k, v in values.items()}
 
 
@@ -255,7 +256,7 @@ def _culprit_node(
     inside = [n for n, s in zip(nodes, scopes, strict=True) if name in s]
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
-    values = _run_exposed(copy, sorted({v for n in inside for v in (*n.input, *n.output) if v}), sample)
+    values = run_exposed(copy, sorted({v for n in inside for v in (*n.input, *n.output) if v}), sample.feeds)
     for node in inside:
         call = _FX_CALL.match(next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.fx_node"), ""))
         if call is None or call["out"] not in values:

@@ -7,11 +7,13 @@ is finite always fails. Shapes and dtypes must match exactly.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from toolchain.checks import CheckResult, TaskCheck
 
 __all__ = ["OutputParity", "ParityReport", "Tolerance", "compare"]
 
@@ -108,9 +110,11 @@ class ParityReport:
     sample: str = ""
     error: str = ""
     """Set when the candidate could not be run at all on this sample."""
+    checks: tuple[CheckResult, ...] = ()
+    """Task-level checks (top-1, cosine, ranking) that had to pass as well."""
 
     def __bool__(self) -> bool:
-        return not self.error and all(o.passed for o in self.outputs)
+        return not self.error and all(o.passed for o in self.outputs) and all(self.checks)
 
     @property
     def failures(self) -> tuple[OutputParity, ...]:
@@ -122,7 +126,8 @@ class ParityReport:
         if self.error:
             return f"{head}FAIL could not run: {self.error}"
         verdict = "passed" if self else "FAILED"
-        return "\n".join([f"{head}{verdict}", *(f"  {o.describe()}" for o in self.outputs)])
+        lines = [f"{head}{verdict}", *(f"  {o.describe()}" for o in self.outputs)]
+        return "\n".join(lines + [f"  {c.describe()}" for c in self.checks])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -131,6 +136,7 @@ class ParityReport:
             "passed": bool(self),
             "error": self.error,
             "outputs": {o.name: o.to_dict() for o in self.outputs},
+            "checks": [c.to_dict() for c in self.checks],
         }
 
     @classmethod
@@ -145,6 +151,7 @@ def compare(
     tolerance: Tolerance,
     *,
     sample: str = "",
+    checks: Sequence[TaskCheck] = (),
 ) -> ParityReport:
     """Compare every expected output with the candidate's.
 
@@ -153,6 +160,7 @@ def compare(
         actual: candidate outputs by name; extra names are ignored, missing ones fail.
         tolerance: allowed error.
         sample: name of the sample the outputs were computed on, for messages.
+        checks: task-level checks that must pass too (used for fp16/int8 variants).
     """
     results = []
     for name, exp in expected.items():
@@ -161,7 +169,8 @@ def compare(
             results.append(OutputParity(name, False, atol, rtol, reason="missing from candidate outputs"))
         else:
             results.append(_compare_one(name, np.asarray(exp), np.asarray(actual[name]), atol, rtol))
-    return ParityReport(outputs=tuple(results), sample=sample)
+    evaluated = tuple(c.evaluate(expected, actual) for c in checks)
+    return ParityReport(outputs=tuple(results), sample=sample, checks=evaluated)
 
 
 def _compare_one(name: str, exp: np.ndarray, act: np.ndarray, atol: float, rtol: float) -> OutputParity:

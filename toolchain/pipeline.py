@@ -6,7 +6,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,19 +14,19 @@ from typing import Any
 import numpy as np
 
 from exporters import EXPORTERS
-from runtimes import runtime_for
 from runtimes.eager import EagerSession
 from toolchain import trust
-from toolchain.artifact import Artifact, Finding
+from toolchain.artifact import Finding
 from toolchain.errors import InferenceError, PackageError, TargetError, ToolchainError
-from toolchain.localize import Localization, localize
 from toolchain.package import PackageStaging, check_destination, stage_package
-from toolchain.parity import ParityReport, compare
+from toolchain.passes import GraphPass
+from toolchain.paths import KEPT, PathResult, Replayer, likely_cause, optimize_path, sizes, try_path
 from toolchain.record import build_manifest, build_report
 from toolchain.report import render_markdown
 from toolchain.samples import SampleSet, generate_samples
 from toolchain.signature import Signature, TensorSig
 from toolchain.spec import FORMATS, ModelSpec
+from toolchain.variants import build_variants, measure_drift, variants_for
 from toolchain.verify import verify_package
 
 __all__ = [
@@ -37,14 +37,14 @@ __all__ = [
     "StageResult",
     "export_package",
     "input_signature",
+    "likely_cause",
     "package_signature",
 ]
 
-PASSED, FAILED, NOT_RUN, KEPT, REJECTED = "passed", "failed", "not run", "kept", "rejected"
-STAGES = ("build", "reference", "export", "package")
+PASSED, FAILED, NOT_RUN = "passed", "failed", "not run"
+STAGES = ("build", "reference", "export", "optimize", "precision", "package")
 ALL_FORMATS = FORMATS
 AUTO_FORMATS = ("onnx", "onnx_legacy")
-_SHAPE_KINDS = ("specialized-dim", "narrowed-dim", "unified-dims")
 
 
 @dataclass
@@ -62,40 +62,14 @@ class StageResult:
 
 
 @dataclass
-class PathResult:
-    """One export path: kept (matches eager on every sample set) or rejected, and why."""
-
-    exporter: str
-    status: str = NOT_RUN
-    artifact: Artifact | None = None
-    reports: list[ParityReport] = field(default_factory=list)
-    reason: str = ""
-    export_seconds: float = 0.0
-    verify_seconds: float = 0.0
-    localization: Localization | None = None
-    """For a rejected ONNX artifact: the first module whose output diverges from eager."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form."""
-        return {
-            "exporter": self.exporter,
-            "status": self.status,
-            "reason": self.reason,
-            "export_seconds": round(self.export_seconds, 3),
-            "verify_seconds": round(self.verify_seconds, 3),
-            "artifact": self.artifact.to_dict() if self.artifact else None,
-            "localization": self.localization.to_dict() if self.localization else None,
-            "samples": [r.to_dict() for r in self.reports],
-        }
-
-
-@dataclass
 class ExportResult:
     """What `export_package` did; truthy only when every stage passed and the package landed."""
 
     spec: ModelSpec
     stages: list[StageResult] = field(default_factory=lambda: [StageResult(s) for s in STAGES])
     paths: list[PathResult] = field(default_factory=list)
+    variants: list[PathResult] = field(default_factory=list)
+    """Precision variants (fp16, int8) of the first kept ONNX path, kept or rejected."""
     samples: list[SampleSet] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     signature: Signature | None = None
@@ -116,6 +90,15 @@ class ExportResult:
     def kept(self) -> list[PathResult]:
         """Paths whose artifact matched eager on every sample set."""
         return [p for p in self.paths if p.status == KEPT]
+
+    @property
+    def shipped(self) -> list[PathResult]:
+        """Every artifact in the package: kept paths, then kept precision variants."""
+        return self.kept + [v for v in self.variants if v.status == KEPT]
+
+    def variant(self, name: str) -> PathResult:
+        """The precision variant `name` (``"fp16"``, ``"int8-dynamic"``, ``"int8-static"``)."""
+        return next(v for v in self.variants if v.variant == name)
 
     @property
     def failed_stage(self) -> StageResult | None:
@@ -139,28 +122,55 @@ class ExportResult:
             stage.status = PASSED
 
 
+@dataclass(frozen=True)
+class _Plan:
+    candidates: tuple[str, ...]
+    first_only: bool
+    optimize: bool
+    variants: tuple[str, ...]
+    passes: tuple[GraphPass, ...]
+    force: bool
+    seed: int
+
+
 def export_package(
     spec: ModelSpec,
     out: Path,
     *,
     formats: Sequence[str] = (),
+    optimize: bool = True,
+    precisions: Sequence[str] = ("fp32",),
+    passes: Sequence[GraphPass] = (),
     force: bool = False,
     seed: int = 0,
     progress: Callable[[str], None] = lambda message: None,
 ) -> ExportResult:
     """Export `spec` through each path in `formats`, keep those matching eager everywhere, package them.
 
-    `formats` defaults to the paths the spec says apply (`ModelSpec.formats`); ``("auto",)`` keeps
-    only the best ONNX path: torch.export-based, else legacy. Nothing is written at `out` unless at
-    least one path was kept. Raises `PackageError` at once when `out` holds a package and `force` is
-    false, and `TargetError` for an unknown format.
+    Args:
+        spec: the model.
+        out: the package folder to write.
+        formats: export paths; default: those the spec says apply (`ModelSpec.formats`).
+            ``("auto",)`` keeps only the best ONNX path: torch.export-based, else legacy.
+        optimize: run the optimisation passes over every kept artifact, each under the parity gate.
+        precisions: ``"fp32"``, ``"fp16"``, ``"int8"``: the variants built from the first kept ONNX
+            path, each under its own gate (fp32 is always built).
+        passes: replace the default pass list (`toolchain.passes.PASSES`).
+        force: replace an existing package at `out`.
+        seed: seed of the generated sample values.
+        progress: receives one line per step.
+
+    Nothing is written at `out` unless at least one path was kept. Raises `PackageError` at once
+    when `out` holds a package and `force` is false, and `TargetError` for an unknown format or
+    precision.
     """
     out = Path(out)
     candidates, first_only = _candidates(formats or spec.formats)
+    plan = _Plan(candidates, first_only, optimize, variants_for(precisions), tuple(passes), force, seed)
     check_destination(out, force=force)
     result = ExportResult(spec)
     try:
-        _run_stages(result, out, candidates, first_only=first_only, force=force, seed=seed, progress=progress)
+        _run_stages(result, out, plan, progress=progress)
     except ToolchainError:
         if result.failed_stage is None:
             raise
@@ -177,32 +187,30 @@ def _candidates(formats: Sequence[str]) -> tuple[tuple[str, ...], bool]:
     return tuple(dict.fromkeys(formats)), False
 
 
-def _run_stages(
-    result: ExportResult,
-    out: Path,
-    candidates: tuple[str, ...],
-    *,
-    first_only: bool,
-    force: bool,
-    seed: int,
-    progress: Callable[[str], None],
-) -> None:
+def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Callable[[str], None]) -> None:
     spec = result.spec
     with result.running("build", progress):
         model = spec.build()
         result.findings.extend(_training_findings(model))
         model.eval()
     with result.running("reference", progress):
-        result.samples = generate_samples(spec, seed=seed)
+        result.samples = generate_samples(spec, seed=plan.seed)
         eager = EagerSession(model, signature=input_signature(spec))
         expected = [_reference(eager, s) for s in result.samples]
         result.signature = package_signature(spec, result.samples, expected)
-    with stage_package(out, force=force) as staging:
+    replayer = Replayer(spec, result.samples, expected, result.signature)
+    with stage_package(out, force=plan.force) as staging, ExitStack() as scratch:
+        workdirs: dict[str, Path] = {}
         with result.running("export", progress) as stage:
-            for name in candidates:
+            for name in plan.candidates:
                 progress(f"{spec.name}: export {name}")
-                result.paths.append(_try_path(name, model, result, expected, staging))
-                if first_only and result.paths[-1].status == KEPT:
+                workdirs[name] = Path(
+                    scratch.enter_context(
+                        tempfile.TemporaryDirectory(prefix=f".{staging.dest.name}.{name}-", dir=staging.path.parent)
+                    )
+                )
+                result.paths.append(try_path(name, model, replayer, workdirs[name]))
+                if plan.first_only and result.paths[-1].status == KEPT:
                     break
             if not result.kept:
                 stage.status = FAILED
@@ -210,111 +218,58 @@ def _run_stages(
                     f"{p.exporter}: {p.reason}" for p in result.paths
                 )
                 return
+        _refine(result, replayer, workdirs, plan, progress)
         with result.running("package", progress):
-            entries = _write_package(result, staging, expected)
-            staging.finalize(build_manifest(result, entries))
-            # NOTE: integrity and the ONNX replays; TorchScript and .pt2 files were verified from these
-            # very bytes a moment ago (the integrity check proves it), so they are not loaded twice.
-            check = verify_package(staging.path)
-            if check.problems or not all(check.checks):
-                raise PackageError(f"{out}: the staged package does not re-verify: {check.failure_lines()[0]}")
-            result.package = staging.commit()
-            if not trust.remember(result.package):
-                result.findings.append(
-                    Finding("trust-list", f"could not write {trust.trust_list_path()}; verify needs --trust here")
-                )
+            for path in result.shipped:
+                assert path.artifact is not None
+                for rel in path.artifact.files:
+                    shutil.move(workdirs[path.exporter] / rel, staging.file(rel))
+            _seal(result, staging, out, expected)
+
+
+def _refine(
+    result: ExportResult, replayer: Replayer, workdirs: dict[str, Path], plan: _Plan, progress: Callable[[str], None]
+) -> None:
+    """Optimise every kept path, build the precision variants, and measure each stage's drift."""
+    with result.running("optimize", progress) as stage:
+        if not plan.optimize:
+            stage.detail = "skipped (--no-optimize)"
+        for path in result.kept if plan.optimize else []:
+            progress(f"{result.spec.name}: optimize {path.exporter}")
+            optimize_path(path, replayer, workdirs[path.exporter], passes=plan.passes, progress=progress)
+    with result.running("precision", progress) as stage:
+        base = next((p for p in result.kept if p.artifact is not None and p.artifact.format == "onnx"), None)
+        if plan.variants and base is None:
+            stage.detail = "no kept ONNX path to build precision variants from"
+        if plan.variants and base is not None:
+            result.variants = build_variants(base, replayer, workdirs[base.exporter], plan.variants, progress=progress)
+            stage.detail = ", ".join(f"{v.variant} {v.status}" for v in result.variants)
+        for path in result.kept:
+            variants = result.variants if path is base else []
+            measure_drift(path, variants, replayer, workdirs[path.exporter])
+
+
+def _seal(result: ExportResult, staging: PackageStaging, out: Path, expected: list[dict[str, np.ndarray]]) -> None:
+    """Write samples and reports, finalise the manifest, re-verify the staged package, commit it."""
+    entries = _write_package(result, staging, expected)
+    staging.finalize(build_manifest(result, entries))
+    # NOTE: integrity and the ONNX replays; TorchScript and .pt2 files were verified from these
+    # very bytes a moment ago (the integrity check proves it), so they are not loaded twice.
+    check = verify_package(staging.path)
+    if check.problems or not all(check.checks):
+        raise PackageError(f"{out}: the staged package does not re-verify: {check.failure_lines()[0]}")
+    result.package = staging.commit()
+    if not trust.remember(result.package):
+        result.findings.append(
+            Finding("trust-list", f"could not write {trust.trust_list_path()}; verify needs --trust here")
+        )
 
 
 def _reference(eager: EagerSession, sample: SampleSet) -> dict[str, np.ndarray]:
     try:
         return eager.run(sample.feeds)
     except InferenceError as e:
-        raise InferenceError(f"on sample {sample.name!r} ({_sizes(sample)}), which the spec declares valid: {e}") from e
-
-
-def _try_path(
-    name: str, model: Any, result: ExportResult, expected: list[dict[str, np.ndarray]], staging: PackageStaging
-) -> PathResult:
-    """Export through one path in a scratch folder, verify on every sample set, move it in if kept."""
-    path = PathResult(name)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{staging.dest.name}.{name}-", dir=staging.path.parent))
-    try:
-        start = time.perf_counter()
-        try:
-            path.artifact = EXPORTERS.get(name).export(model, result.spec, result.samples[0], workdir)
-        except ToolchainError as e:
-            path.status, path.reason = REJECTED, str(e)
-            return path
-        finally:
-            path.export_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        path.status, path.reason = _verify_path(path.artifact, workdir, result, expected, path.reports)
-        if path.status == REJECTED and path.artifact.format == "onnx":
-            path.localization = _localize(model, result, workdir / path.artifact.path, path.reports)
-            if path.localization is not None:
-                path.reason += f"; {path.localization}"
-        path.verify_seconds = time.perf_counter() - start
-        if path.status == KEPT:
-            for rel in path.artifact.files:
-                shutil.move(workdir / rel, staging.file(rel))
-        return path
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _verify_path(
-    artifact: Artifact,
-    workdir: Path,
-    result: ExportResult,
-    expected: list[dict[str, np.ndarray]],
-    reports: list[ParityReport],
-) -> tuple[str, str]:
-    runtime = runtime_for(artifact.format)
-    if runtime is None:
-        return REJECTED, f"no runtime on this host runs {artifact.format!r} artifacts, so it cannot be verified"
-    assert result.signature is not None
-    try:
-        session = runtime.load(workdir / artifact.path, signature=result.signature)
-    except ToolchainError as e:
-        return REJECTED, str(e)
-    for sample, exp in zip(result.samples, expected, strict=True):
-        try:
-            actual = session.run(sample.feeds)
-        except ToolchainError as e:
-            reports.append(ParityReport.could_not_run(str(e), sample=sample.name))
-        else:
-            reports.append(compare(exp, actual, result.spec.tolerance, sample=sample.name))
-    failed = [(s, r) for s, r in zip(result.samples, reports, strict=True) if not r]
-    if not failed:
-        return KEPT, ""
-    sample, report = failed[0]
-    cause = likely_cause(sample, result.samples[0], artifact.findings)
-    more = f" (and {len(failed) - 1} more sample set(s))" if len(failed) > 1 else ""
-    because = f"; likely cause: {cause}" if cause else ""
-    return REJECTED, f"parity failed on sample {sample.name!r} ({_sizes(sample)}): {_failure(report)}{more}{because}"
-
-
-def _localize(model: Any, result: ExportResult, onnx_path: Path, reports: list[ParityReport]) -> Localization | None:
-    """Localise the first numeric failure; localisation is best effort and never fails the export."""
-    failing = next((r for r in reports if not r and not r.error), None)
-    if failing is None:
-        return None
-    sample = next(s for s in result.samples if s.name == failing.sample)
-    try:
-        return localize(result.spec, model, onnx_path, sample, tolerance=result.spec.tolerance)
-    except Exception:  # NOTE: a graph localisation cannot read must not hide the parity failure itself.
-        return None
-
-
-def likely_cause(sample: SampleSet, base: SampleSet, findings: Sequence[Finding]) -> Finding | None:
-    """The finding that most probably explains a failure on `sample` (a dim it moves, a frozen trace)."""
-    moved = [sym for sym, size in sample.sizes.items() if base.sizes.get(sym) != size]
-    shape = [f for f in findings if f.kind in _SHAPE_KINDS]
-    for f in shape:
-        if any(f"'{sym}'" in f.message for sym in moved):
-            return f
-    traced = [f for f in findings if f.kind == "traced" or "TracerWarning" in f.message]
-    return next(iter(traced + shape), None)
+        raise InferenceError(f"on sample {sample.name!r} ({sizes(sample)}), which the spec declares valid: {e}") from e
 
 
 def _write_package(
@@ -372,13 +327,3 @@ def _training_findings(model: Any) -> list[Finding]:
         return []
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     return [Finding("training-mode", f"{len(names)} module(s) were in training mode ({shown}); exported in eval mode")]
-
-
-def _sizes(sample: SampleSet) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sample.sizes.items()) or "static shapes"
-
-
-def _failure(report: ParityReport) -> str:
-    if report.error:
-        return f"could not run: {report.error}"
-    return ", ".join(f"output {o.name!r} {o.describe().split(': ', 1)[1]}" for o in report.failures)

@@ -48,6 +48,7 @@ def build_report(result: ExportResult) -> dict[str, Any]:
         # NOTE: the package stage is the writing of this very report; it passed if you can read it.
         "stages": [s.to_dict() for s in result.stages if s.name != "package"],
         "paths": [p.to_dict() for p in result.paths],
+        "variants": [v.to_dict() for v in result.variants],
         "findings": [f.to_dict() for f in result.findings],
         "tolerance": spec.tolerance.to_dict(),
         "samples": [{"name": s.name, "sizes": dict(s.sizes)} for s in result.samples],
@@ -59,7 +60,7 @@ def build_manifest(result: ExportResult, samples: list[dict[str, Any]]) -> dict[
     """``manifest.json`` without its file list (the package writer adds hashes)."""
     spec, signature = result.spec, result.signature
     assert signature is not None
-    kept = result.kept
+    shipped = result.shipped
     return {
         "name": spec.name,
         "version": spec.version,
@@ -70,17 +71,21 @@ def build_manifest(result: ExportResult, samples: list[dict[str, Any]]) -> dict[
         "versions": library_versions(),
         "signature": signature.to_dict(),
         "dims": {s: spec.dim(s).to_dict() for s in spec.symbols()},
-        "artifacts": [p.artifact.to_dict() for p in kept if p.artifact is not None],
-        "rejected": [{"exporter": p.exporter, "reason": p.reason} for p in result.paths if p.status == "rejected"],
+        "artifacts": [p.artifact.to_dict() for p in shipped if p.artifact is not None],
+        "rejected": [
+            {"exporter": p.name, "reason": p.reason}
+            for p in [*result.paths, *result.variants]
+            if p.status == "rejected"
+        ],
         "tolerance": spec.tolerance.to_dict(),
         "parity": {
             p.artifact.path: {
-                "stage": "exported",
-                "passed": all(p.reports),
-                "sample_sets": [r.sample for r in p.reports],
-                "worst": worst_by_output(p.reports),
+                "stage": p.variant if p.variant != "fp32" else ("optimised" if p.artifact.passes else "exported"),
+                "passed": all(p.final_reports),
+                "sample_sets": [r.sample for r in p.final_reports],
+                "worst": worst_by_output(p.final_reports),
             }
-            for p in kept
+            for p in shipped
             if p.artifact is not None
         },
         "samples": samples,

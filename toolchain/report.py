@@ -18,6 +18,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         for s in report.get("stages", [])
     ]
     lines += _paths_table(report)
+    lines += _passes(report)
+    lines += _drift(report)
+    lines += _variants(report)
     tol = report.get("tolerance", {})
     lines += ["", "## Parity against eager", ""]
     lines += [
@@ -26,7 +29,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         + ". Ratio = worst |a - e| / (atol + rtol |e|); <= 1 passes.",
     ]
     sizes = {s["name"]: s["sizes"] for s in report.get("samples", [])}
-    for path in report.get("paths", []):
+    for path in [*report.get("paths", []), *report.get("variants", [])]:
         if not path.get("samples"):
             continue
         lines += ["", f"### {path['exporter']} ({path['status']})", ""]
@@ -43,6 +46,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 lines.append(
                     f"| {sample['sample']} | {where} | {name} | {o['max_abs']:.3g} | {o['max_rel']:.3g} "
                     f"| {o['worst_ratio']:.3g} | {verdict} |"
+                )
+            for c in sample.get("checks", []):
+                verdict = "pass" if c["passed"] else f"FAIL {_cell(c.get('reason', ''))}".strip()
+                lines.append(
+                    f"| {sample['sample']} | {where} | {c['kind']}({c['output']}) | — | — "
+                    f"| {c['achieved']:.4g} >= {c['allowed']:g} | {verdict} |"
                 )
     lines += ["", "## Findings", ""]
     findings = [("model", f) for f in report.get("findings", [])]
@@ -84,6 +93,64 @@ def _paths_table(report: Mapping[str, Any]) -> list[str]:
     if rejected:
         lines += ["", "Rejected:", ""]
         lines += [f"- **{p['exporter']}**: {_cell(p['reason'])}" for p in rejected]
+    return lines
+
+
+def _passes(report: Mapping[str, Any]) -> list[str]:
+    paths = [p for p in report.get("paths", []) if p.get("passes")]
+    if not paths:
+        return []
+    lines = ["", "## Optimisation passes", "", "Each pass is kept only if every sample set still matches eager and "]
+    lines[-1] += "it is not slower on this host (latency: median on the export sample, raced against the input)."
+    lines += ["", "| path | pass | status | nodes | latency ms | speed | detail |", "|---|---|---|---|---|---:|---|"]
+    for path in paths:
+        for step in path["passes"]:
+            before, after = step.get("latency_before_ms"), step.get("latency_after_ms")
+            latency = f"{before:.3f} -> {after:.3f}" if before is not None and after is not None else "—"
+            speed = f"{step['speedup']:.2f}x" if step.get("speedup") else "—"
+            why = step.get("reason") or step.get("detail", "")
+            lines.append(
+                f"| {path['exporter']} | {step['name']} | {step['status']} | {step['nodes_before']} -> "
+                f"{step['nodes_after']} | {latency} | {speed} | {_cell(why)} |"
+            )
+    return lines
+
+
+def _drift(report: Mapping[str, Any]) -> list[str]:
+    paths = [p for p in report.get("paths", []) if p.get("drift")]
+    if not paths:
+        return []
+    lines = ["", "## Stage drift against eager", ""]
+    lines += ["Worst error ratio over every output and sample set (<= 1 passes its stage's gate); latency raced"]
+    lines[-1] += " side by side on this host."
+    lines += [
+        "",
+        "| path | stage | passed | worst ratio | nodes | size KiB | latency ms |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for path in paths:
+        for d in path["drift"]:
+            ratios = [o["worst_ratio"] for outs in d["worst"].values() for o in outs.values()]
+            latency = f"{d['latency']['p50_ms']:.3f}" if d.get("latency") else "—"
+            lines.append(
+                f"| {path['exporter']} | {d['stage']} | {'yes' if d['passed'] else 'no'} | "
+                f"{max(ratios, default=0.0):.3g} | {d['nodes']} | {d['bytes'] / 1024:.0f} | {latency} |"
+            )
+    return lines
+
+
+def _variants(report: Mapping[str, Any]) -> list[str]:
+    variants = report.get("variants", [])
+    if not variants:
+        return []
+    lines = ["", "## Precision variants", "", "| variant | status | kept in fp32 | why |", "|---|---|---|---|"]
+    for v in variants:
+        repair = v.get("repair") or {}
+        kept = ", ".join(f"`{m}`" for m in repair.get("modules", [])) or (
+            f"{len(repair.get('keep', []))} node(s)" if repair.get("keep") else "nothing"
+        )
+        lines.append(f"| {v['exporter']} | {v['status']} | {kept} | {_cell(v.get('reason', ''))} |")
+        lines += [f"|  | round {i + 1} |  | {_cell(r['reason'])} |" for i, r in enumerate(repair.get("rounds", []))]
     return lines
 
 

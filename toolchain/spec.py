@@ -11,11 +11,23 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from toolchain.checks import TaskCheck
 from toolchain.errors import SpecError
 from toolchain.parity import Tolerance
 from toolchain.registry import Registry
 
-__all__ = ["DTYPES", "FORMATS", "SPECS", "Dim", "Input", "ModelSpec", "exportable", "spec_for"]
+__all__ = [
+    "DTYPES",
+    "FORMATS",
+    "PRECISIONS",
+    "SPECS",
+    "VARIANT_TOLERANCES",
+    "Dim",
+    "Input",
+    "ModelSpec",
+    "exportable",
+    "spec_for",
+]
 
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
 DOMAINS = ("normal", "uniform", "ids", "mask", "padding_mask", "offsets")
@@ -25,6 +37,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NO_DIMS: Mapping[str, Dim] = MappingProxyType({})
 _NO_SAMPLES: Mapping[str, Mapping[str, Any]] = MappingProxyType({})
+_NO_TOLERANCES: Mapping[str, Tolerance] = MappingProxyType({})
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -167,6 +180,16 @@ class ModelSpec:
     seed: int = 0
     samples: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
     """Extra named sample sets (e.g. inputs that take another branch), checked like the generated ones."""
+    checks: tuple[TaskCheck, ...] = ()
+    """Task-level checks (top-1, cosine, ranking) that fp16 and int8 variants must pass too."""
+    variant_tolerance: Mapping[str, Tolerance] = field(default_factory=dict)
+    """Precision -> allowed error for that variant, over `VARIANT_TOLERANCES`."""
+
+    def tolerance_for(self, precision: str) -> Tolerance:
+        """The element-wise tolerance of a precision variant (``"fp32"`` is the spec's own)."""
+        if precision == "fp32":
+            return self.tolerance
+        return self.variant_tolerance.get(precision, VARIANT_TOLERANCES[precision])
 
     @property
     def source(self) -> str:
@@ -207,6 +230,12 @@ class ModelSpec:
 
 SPECS: Registry[ModelSpec] = Registry("model")
 
+VARIANT_TOLERANCES: Mapping[str, Tolerance] = MappingProxyType(
+    {"fp16": Tolerance(atol=1e-2, rtol=1e-2), "int8": Tolerance(atol=5e-2, rtol=1e-1)}
+)
+"""Default element-wise tolerances of precision variants, paired with the spec's task checks."""
+PRECISIONS = ("fp32", *VARIANT_TOLERANCES)
+
 
 def exportable(
     *,
@@ -220,6 +249,8 @@ def exportable(
     version: str = "1",
     seed: int = 0,
     samples: Mapping[str, Mapping[str, Any]] = _NO_SAMPLES,
+    checks: Iterable[TaskCheck] = (),
+    variant_tolerance: Mapping[str, Tolerance] = _NO_TOLERANCES,
     override: bool = False,
     registry: Registry[ModelSpec] = SPECS,
 ) -> Callable[[F], F]:
@@ -241,6 +272,10 @@ def exportable(
         seed: torch seed used before calling the factory, so random weights are reproducible.
         samples: extra named sample sets, name -> {input name: array}; use them for inputs the
             generated ones may miss (another branch, edge values). Every artifact must pass them too.
+        checks: task-level checks (`TaskCheck.top1`, ``cosine``, ``ranking``) that fp16 and int8
+            variants must pass beside their looser element-wise tolerance.
+        variant_tolerance: precision (``"fp16"``, ``"int8"``) -> `Tolerance` for that variant,
+            replacing the default in `VARIANT_TOLERANCES`.
         override: replace an existing registration of the same name.
         registry: where to register (tests pass their own).
     """
@@ -253,6 +288,7 @@ def exportable(
     unknown = sorted(set(tolerance.per_output) - set(out_names))
     if unknown:
         raise SpecError(f"tolerance.per_output names unknown output(s) {unknown}; outputs are {list(out_names)}")
+    spec_checks = _check_task_checks(checks, variant_tolerance, out_names)
     unknown_formats = [f for f in formats if f not in FORMATS] if not isinstance(formats, str) else [formats]
     if unknown_formats or not formats:
         raise SpecError(f"formats must be a non-empty list drawn from {list(FORMATS)}, got {formats!r}")
@@ -273,6 +309,8 @@ def exportable(
             version=str(version),
             seed=seed,
             samples=MappingProxyType(extra),
+            checks=spec_checks,
+            variant_tolerance=MappingProxyType(dict(variant_tolerance)),
         )
         registry.register(name, spec, override=override)
         return obj
@@ -287,6 +325,25 @@ def spec_for(obj: object, *, registry: Registry[ModelSpec] = SPECS) -> ModelSpec
         if spec.factory is obj:
             return spec
     return None
+
+
+def _check_task_checks(
+    checks: Iterable[TaskCheck], variant_tolerance: Mapping[str, Tolerance], out_names: tuple[str, ...]
+) -> tuple[TaskCheck, ...]:
+    found = tuple(checks)
+    for check in found:
+        if not isinstance(check, TaskCheck):
+            raise SpecError(f"checks must hold toolchain.TaskCheck objects, got {type(check).__name__}")
+        if check.output not in out_names:
+            raise SpecError(
+                f"check {check.kind!r} reads unknown output {check.output!r}; outputs are {list(out_names)}"
+            )
+    for precision, tol in variant_tolerance.items():
+        if precision not in VARIANT_TOLERANCES:
+            raise SpecError(f"variant_tolerance key {precision!r} is not one of {list(VARIANT_TOLERANCES)}")
+        if not isinstance(tol, Tolerance):
+            raise SpecError(f"variant_tolerance[{precision!r}] must be a toolchain.Tolerance")
+    return found
 
 
 def _check_inputs(inputs: Mapping[str, Input | tuple[int | str, ...]]) -> dict[str, Input]:

@@ -5,13 +5,14 @@ Needs numpy and onnxruntime only; never imports torch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runtimes import runtime_for
 from toolchain import trust as trust_list
+from toolchain.checks import TaskCheck
 from toolchain.errors import ToolchainError
 from toolchain.package import Package, Problem, check_integrity, load_array, open_package
 from toolchain.parity import ParityReport, Tolerance, compare
@@ -55,6 +56,11 @@ class VerificationReport:
                 lines.extend(
                     f"{check.artifact}: output {o.name!r} on sample {report.sample!r}: {o.describe()}"
                     for o in report.failures
+                )
+                lines.extend(
+                    f"{check.artifact}: check on sample {report.sample!r}: {c.describe()}"
+                    for c in report.checks
+                    if not c
                 )
         if not self.problems and not self.checks:
             lines.append(
@@ -108,7 +114,11 @@ def verify_package(path: Path, *, trust: bool = False) -> VerificationReport:
                 refused.append(str(entry.get("path")))
                 continue
             session = runtime.load(package.file(str(entry["path"])), signature=package.signature)
-            checks.append(ArtifactCheck(str(entry["path"]), runtime.name, replay(package, session, tolerance)))
+            # NOTE: a precision variant is judged by its own gate: looser tolerance plus task checks.
+            own = Tolerance.from_dict(entry["tolerance"]) if "tolerance" in entry else tolerance
+            task = tuple(TaskCheck.from_dict(c) for c in entry.get("checks", ()))
+            reports = replay(package, session, own, checks=task)
+            checks.append(ArtifactCheck(str(entry["path"]), runtime.name, reports))
     except (KeyError, TypeError, ValueError) as e:
         problem = Problem("manifest.json", f"malformed entry ({type(e).__name__}: {e})")
         return VerificationReport(path, problems=(problem,))
@@ -117,7 +127,9 @@ def verify_package(path: Path, *, trust: bool = False) -> VerificationReport:
     return VerificationReport(path, checks=tuple(checks), skipped=tuple(skipped), refused=tuple(refused))
 
 
-def replay(package: Package, session: Any, tolerance: Tolerance) -> tuple[ParityReport, ...]:
+def replay(
+    package: Package, session: Any, tolerance: Tolerance, *, checks: Sequence[TaskCheck] = ()
+) -> tuple[ParityReport, ...]:
     """Run `session` on every golden sample set of `package` and compare with the recorded outputs."""
     reports = []
     for sample in package.samples:
@@ -129,7 +141,7 @@ def replay(package: Package, session: Any, tolerance: Tolerance) -> tuple[Parity
         except ToolchainError as e:
             reports.append(ParityReport.could_not_run(str(e), sample=name))
             continue
-        reports.append(compare(expected, actual, tolerance, sample=name))
+        reports.append(compare(expected, actual, tolerance, sample=name, checks=checks))
     return tuple(reports)
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolchain import Dim, Input, exportable
+from toolchain import Dim, Input, TaskCheck, exportable
 from zoo._blocks import random_bn
 
 __all__ = ["EMBED", "FaceEmbedder", "LogisticMatcher", "SvmMatcher", "pair_features"]
@@ -85,6 +85,7 @@ def _verifier_linear(*, diff: tuple[float, float], prod: tuple[float, float], bi
         "width": Dim(example=64, min=32, max=160),
     },
     tags=("vision", "face", "embedding"),
+    checks=[TaskCheck.cosine("embedding")],
 )
 class FaceEmbedder(nn.Module):
     """Conv-BN-PReLU backbone, pooled linear embedding with BN, L2-normalised to unit length.
@@ -126,6 +127,7 @@ _PAIR_DIMS = {"batch": Dim(example=8, min=1, max=1024)}
     outputs=["probability"],
     dims=_PAIR_DIMS,
     tags=("face", "matcher", "linear"),
+    checks=[TaskCheck.ranking("probability")],
     samples=_pair_samples(1),
 )
 class LogisticMatcher(nn.Module):
@@ -147,6 +149,7 @@ class LogisticMatcher(nn.Module):
     outputs=["margin"],
     dims=_PAIR_DIMS,
     tags=("face", "matcher", "linear"),
+    checks=[TaskCheck.ranking("margin")],
     samples=_pair_samples(2),
 )
 class SvmMatcher(nn.Module):

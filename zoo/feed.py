@@ -15,7 +15,7 @@ import itertools
 import torch
 from torch import nn
 
-from toolchain import Dim, Input, exportable
+from toolchain import Dim, Input, TaskCheck, exportable
 
 __all__ = ["DLRMRagged", "DLRMSmall"]
 
@@ -41,6 +41,7 @@ def _mlp(*widths: int) -> nn.Sequential:
     outputs=["score"],
     dims={"batch": Dim(example=8, min=1, max=512)},
     tags=("ranking", "feed"),
+    checks=[TaskCheck.ranking("score")],
 )
 class DLRMSmall(nn.Module):
     """DLRM-style ranker: 8 sum-pooled embedding bags, bottom/top MLPs, pairwise dot interaction."""
@@ -91,6 +92,7 @@ class _Interaction(nn.Module):
     outputs=["score"],
     dims={"batch": Dim(example=6, min=1, max=512), **{f"nnz{t}": Dim(example=14, min=1) for t in range(4)}},
     tags=("ranking", "feed", "ragged"),
+    checks=[TaskCheck.ranking("score")],
 )
 class DLRMRagged(nn.Module):
     """DLRM-style ranker over ragged features: per table a flat id list and per-example offsets."""

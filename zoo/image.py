@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from toolchain import Dim, exportable
+from toolchain import Dim, TaskCheck, exportable
 from zoo._blocks import random_bn
 
 __all__ = ["BasicBlock", "InvertedResidual", "MobileNetV2Small", "ResNetSmall", "SmallCNN"]
@@ -34,6 +34,7 @@ def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
         "width": Dim(example=32, min=16, max=96),
     },
     tags=("vision", "classifier"),
+    checks=[TaskCheck.top1("logits")],
 )
 class SmallCNN(nn.Module):
     """Three conv-BN-ReLU blocks, global average pooling and a 10-way linear head."""
@@ -83,6 +84,7 @@ class BasicBlock(nn.Module):
     outputs=["logits"],
     dims=_IMAGE_DIMS,
     tags=("vision", "classifier", "residual"),
+    checks=[TaskCheck.top1("logits")],
 )
 class ResNetSmall(nn.Module):
     """ResNet-style classifier: conv-BN-ReLU stem, 3 stages of 2 basic blocks (16-32-64), 10-way head."""
@@ -143,6 +145,7 @@ _MOBILENET_STAGES = ((1, 8, 1, 1), (6, 12, 2, 2), (6, 16, 3, 2))
     outputs=["logits"],
     dims=_IMAGE_DIMS,
     tags=("vision", "classifier", "mobile"),
+    checks=[TaskCheck.top1("logits")],
 )
 class MobileNetV2Small(nn.Module):
     """MobileNetV2-style classifier: stride-2 stem, 6 inverted residual blocks, 1x1 conv to 128, 10-way head."""

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from toolchain import Dim, Input, exportable
+from toolchain import Dim, Input, TaskCheck, exportable
 
 __all__ = [
     "GBDTLogisticRegression",
@@ -190,6 +190,7 @@ def _threshold_samples() -> dict[str, dict[str, np.ndarray]]:
     outputs=["probability", "score"],
     dims={"batch": Dim(example=16, min=1, max=4096)},
     tags=("integrity", "classifier", "trees"),
+    checks=[TaskCheck.ranking("probability")],
     samples=_threshold_samples(),
 )
 class GBDTLogisticRegression(nn.Module):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolchain import Dim, Input, exportable
+from toolchain import Dim, Input, TaskCheck, exportable
 from zoo._blocks import position_table
 
 __all__ = ["TextEncoder", "TwoTower"]
@@ -86,6 +86,7 @@ class _Encoder(nn.Module):
     outputs=["text_embedding"],
     dims={"batch": Dim(example=4, min=1, max=64), "seq": Dim(example=16, min=1, max=MAX_LEN)},
     tags=("search", "text", "encoder"),
+    checks=[TaskCheck.cosine("text_embedding")],
 )
 class TextEncoder(nn.Module):
     """Two-layer Transformer text encoder (d_model 64, 4 heads) with masked mean pooling."""
@@ -141,6 +142,7 @@ class _BagTower(nn.Module):
         "dlen": Dim(example=24, min=1, max=MAX_LEN),
     },
     tags=("search", "retrieval", "ranking"),
+    checks=[TaskCheck.ranking("score")],
 )
 class TwoTower(nn.Module):
     """Query bag-of-words tower and one-layer Transformer document tower, scored by cosine similarity."""

@@ -55,7 +55,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from toolchain import Dim, Input, exportable
+from toolchain import Dim, Input, TaskCheck, exportable
 
 __all__ = ["CTCSmall", "conv_frames"]
 
@@ -128,6 +128,7 @@ def _longest_samples() -> dict[str, dict[str, np.ndarray]]:
     outputs=["log_probs", "lengths"],
     dims={"batch": Dim(example=4, min=1, max=64), "frames": Dim(example=32, min=1, max=400)},
     tags=("speech", "asr", "ctc"),
+    checks=[TaskCheck.top1("log_probs")],
     formats=("onnx", "onnx_legacy", "torchscript"),
     samples=_longest_samples(),
 )

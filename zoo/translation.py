@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolchain import Dim, Input, exportable
+from toolchain import Dim, Input, TaskCheck, exportable
 from zoo._blocks import position_table
 
 __all__ = ["GreedyDecoder", "Seq2Seq"]
@@ -118,6 +118,7 @@ class _DecoderLayer(nn.Module):
     outputs=["logits"],
     dims={**_DIMS, "tgt_len": Dim(example=10, min=1, max=MAX_LEN)},
     tags=("translation", "text", "encoder-decoder"),
+    checks=[TaskCheck.top1("logits")],
 )
 class Seq2Seq(nn.Module):
     """Encoder-decoder Transformer (d_model 64, 4 heads, 2+2 layers, shared 500-token vocabulary)."""

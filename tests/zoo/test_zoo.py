@@ -35,8 +35,14 @@ def test_paths_left_out_are_explained_in_the_model_docstring(name: str) -> None:
 @pytest.mark.parametrize("name", ZOO)
 def test_export_and_verify_every_zoo_model(name: str, tmp_path: Path) -> None:
     spec = SPECS.get(name)
-    result = export_package(spec, tmp_path / "pkg")
+    result = export_package(spec, tmp_path / "pkg", precisions=("fp32", "fp16", "int8"))
     assert result, [(s.name, s.status, s.detail) for s in result.stages]
+    assert [v.variant for v in result.variants] == ["fp16", "int8-dynamic", "int8-static"]
+    for variant in result.variants:
+        assert variant.status == "kept" or variant.reason, variant.name
+    for path in result.kept:
+        assert path.drift and path.drift[0].stage == "exported"
+        assert all(p.status in ("kept", "skipped", "failed") and (p.status == "kept" or p.reason) for p in path.passes)
     kept = [p.exporter for p in result.kept]
     assert kept == list(spec.formats), [(p.exporter, p.reason) for p in result.paths]
     for sym in spec.symbols():
@@ -44,7 +50,7 @@ def test_export_and_verify_every_zoo_model(name: str, tmp_path: Path) -> None:
         assert len(seen) >= 3 and min(seen) == spec.dim(sym).min, (sym, seen)
     report = verify_package(tmp_path / "pkg")
     assert report, report.failure_lines()
-    assert [len(c.reports) for c in report.checks] == [len(result.samples)] * len(kept)
+    assert [len(c.reports) for c in report.checks] == [len(result.samples)] * len(result.shipped)
 
 
 def test_zoo_command_lists_params_flops_tags_and_paths() -> None:

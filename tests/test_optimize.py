@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from tests.conftest import TINY
+from toolchain.passes import PASSES, GraphPass, onnxscript_optimizer
+from toolchain.pipeline import export_package
+from toolchain.verify import verify_package
+
+
+def _scale_first_weight(src: Path, dst: Path) -> None:
+    model = onnx.load(str(src))
+    init = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1.01), init.name))
+    onnx.save(model, str(dst))
+
+
+def _crash(src: Path, dst: Path) -> None:
+    raise RuntimeError("this pass always crashes")
+
+
+FAULTY = GraphPass("scale-weights", ("onnx",), _scale_first_weight, "a deliberately wrong pass")
+CRASHING = GraphPass("crash", ("onnx",), _crash, "a pass that raises")
+
+
+def test_a_pass_that_breaks_parity_is_skipped_and_reported(tmp_path: Path) -> None:
+    passes = (PASSES[0], FAULTY, CRASHING, *PASSES[1:])
+    result = export_package(TINY, tmp_path / "pkg", formats=["onnx"], passes=passes)
+    assert result, result.failed_stage
+    steps = {p.name: p for p in result.path("onnx").passes}
+    assert steps["scale-weights"].status == "skipped"
+    assert "breaks parity on sample 'export'" in steps["scale-weights"].reason
+    assert steps["crash"].status == "failed" and "always crashes" in steps["crash"].reason
+    assert steps["onnxscript-optimizer"].status in ("kept", "skipped")
+    artifact = result.path("onnx").artifact
+    assert artifact is not None and "scale-weights" not in artifact.passes
+    assert verify_package(tmp_path / "pkg")
+    report = (tmp_path / "pkg" / "report.md").read_text()
+    assert "| onnx | scale-weights | skipped |" in report
+    assert "## Stage drift against eager" in report
+    manifest = json.loads((tmp_path / "pkg" / "manifest.json").read_text())
+    assert manifest["artifacts"][0]["passes"] == list(artifact.passes)
+
+
+def test_no_optimize_leaves_the_exported_graph(tmp_path: Path) -> None:
+    result = export_package(TINY, tmp_path / "pkg", formats=["onnx"], optimize=False)
+    assert result
+    assert result.path("onnx").passes == []
+    assert result.stage("optimize").detail == "skipped (--no-optimize)"
+
+
+def test_onnxscript_pass_folds_constants(tmp_path: Path) -> None:
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2] x) => (float[2] y) {
+        two = Constant <value = float[2] {1.0, 1.0}> ()
+        c = Add(two, two)
+        y = Mul(x, c)
+    }
+    """
+    src, dst = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(onnx.parser.parse_model(text), str(src))
+    onnxscript_optimizer(src, dst)
+    ops = [n.op_type for n in onnx.load(str(dst)).graph.node]
+    assert ops == ["Mul"]
+
+
+@pytest.mark.parametrize("name", [p.name for p in PASSES])
+def test_every_pass_has_a_detail_for_the_report(name: str) -> None:
+    graph_pass = next(p for p in PASSES if p.name == name)
+    assert graph_pass.detail and graph_pass.formats

@@ -1,0 +1,77 @@
+"""Latency measurement: warm-up, then timed runs until enough time has passed, reported as percentiles.
+
+`race` interleaves its candidates run by run, so a drift in the host's speed (another process, a
+frequency change) lands on all of them alike and their ratio stays honest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Timing", "measure", "race"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Percentiles of the timed runs, in milliseconds."""
+
+    runs: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    spread: float
+    """Half the inter-quartile range over the median: how far one run strays, as a fraction."""
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Timing:
+        """Summarise per-run wall times (seconds)."""
+        ms = np.asarray(seconds, dtype=np.float64) * 1e3
+        p25, p50, p75, p90, p99 = np.percentile(ms, [25, 50, 75, 90, 99])
+        return cls(len(ms), float(p50), float(p90), float(p99), float((p75 - p25) / 2 / p50) if p50 > 0 else 0.0)
+
+    def __str__(self) -> str:
+        return f"p50 {self.p50_ms:.3f} ms (±{self.spread:.0%}, p90 {self.p90_ms:.3f}, {self.runs} runs)"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form, rounded for stable files."""
+        return {
+            "runs": self.runs,
+            "p50_ms": round(self.p50_ms, 4),
+            "p90_ms": round(self.p90_ms, 4),
+            "p99_ms": round(self.p99_ms, 4),
+            "spread": round(self.spread, 4),
+        }
+
+
+def measure(fn: Callable[[], Any], *, warmup: int = 3, min_runs: int = 10, min_seconds: float = 0.2) -> Timing:
+    """Time `fn` alone: `warmup` untimed calls, then at least `min_runs` and `min_seconds` of timed ones."""
+    return race([fn], warmup=warmup, min_runs=min_runs, min_seconds=min_seconds)[0]
+
+
+def race(
+    fns: Sequence[Callable[[], Any]],
+    *,
+    warmup: int = 3,
+    min_runs: int = 10,
+    min_seconds: float = 0.2,
+    max_runs: int = 2000,
+) -> list[Timing]:
+    """Time several callables interleaved (a, b, a, b, ...) until each has `min_runs` and `min_seconds`."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    spent = [0.0 for _ in fns]
+    while len(times[0]) < max_runs and (len(times[0]) < min_runs or min(spent) < min_seconds):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            elapsed = time.perf_counter() - start
+            times[i].append(elapsed)
+            spent[i] += elapsed
+    return [Timing.of(t) for t in times]
