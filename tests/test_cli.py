@@ -66,6 +66,20 @@ def test_export_and_verify_a_user_file(tmp_path: Path, cleanup_specs) -> None:
     assert "dim    batch: verified at [1, 3, 7]" in result.output
 
 
+def test_export_with_precision_variants_and_without_optimisation(tmp_path: Path, cleanup_specs) -> None:
+    path = _user_file(tmp_path, "user.variants")
+    out = tmp_path / "pkg"
+    args = ["export", f"{path}:UserModel", "--out", str(out), "--formats", "onnx", "--no-optimize"]
+    result = runner.invoke(app, [*args, "--precision", "fp32,fp16"])
+    assert result.exit_code == 0, result.output
+    assert "onnx:fp16" in result.output and "pass " not in result.output
+    assert (out / "onnx" / "model.fp16.onnx").is_file()
+    result = runner.invoke(app, ["verify", str(out)])
+    assert result.exit_code == 0 and "onnx/model.fp16.onnx on ort" in result.output, result.output
+    result = runner.invoke(app, [*args, "--force", "--precision", "bf16"])
+    assert result.exit_code == 1 and "unknown precision(s) ['bf16']" in result.output
+
+
 def test_export_that_fails_parity_writes_nothing(tmp_path: Path, cleanup_specs) -> None:
     path = _user_file(tmp_path, "user.noisy", body="self.fc(x) + torch.rand_like(self.fc(x))")
     out = tmp_path / "pkg"

@@ -75,3 +75,41 @@ def test_onnxscript_pass_folds_constants(tmp_path: Path) -> None:
 def test_every_pass_has_a_detail_for_the_report(name: str) -> None:
     graph_pass = next(p for p in PASSES if p.name == name)
     assert graph_pass.detail and graph_pass.formats
+
+
+def test_attention_is_fused_into_multi_head_attention_and_still_matches(tmp_path: Path) -> None:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from toolchain import Dim, Input, exportable
+    from toolchain.registry import Registry
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = nn.LayerNorm(32)
+            self.qkv = nn.Linear(32, 96)
+            self.proj = nn.Linear(32, 32)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, s, _ = x.shape
+            qkv = self.qkv(self.norm(x)).reshape(b, s, 3, 4, 8).permute(2, 0, 3, 1, 4)
+            att = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+            return x + self.proj(att.transpose(1, 2).reshape(b, s, 32))
+
+    registry: Registry = Registry("model")
+    exportable(
+        name="t.attention",
+        inputs={"x": Input.normal(("batch", "seq", 32))},
+        dims={"batch": Dim(example=2, max=8), "seq": Dim(example=6, max=16)},
+        registry=registry,
+    )(Attention)
+    result = export_package(registry.get("t.attention"), tmp_path / "pkg", formats=["onnx"])
+    assert result, result.failed_stage
+    fusion = next(p for p in result.path("onnx").passes if p.name == "onnxscript-ort-fusions")
+    assert fusion.status in ("kept", "skipped") and "parity" not in fusion.reason, fusion.reason
+    assert fusion.nodes_after < fusion.nodes_before
+    if fusion.status == "kept":
+        ops = {n.op_type for n in onnx.load(str(tmp_path / "pkg" / "onnx" / "model.onnx")).graph.node}
+        assert "MultiHeadAttention" in ops

@@ -6,10 +6,11 @@ and speed after every one. We add no rewrite of our own here: what a pass does i
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ class GraphPass:
     fallback_of: str = ""
 
 
-@contextmanager
+@contextlib.contextmanager
 def quiet_libraries() -> Iterator[None]:
     """Keep the libraries' INFO/WARNING chatter (deduplication notes, quantiser advice) off the console."""
     loggers = [logging.getLogger(n) for n in ("", "onnx_ir", "onnxscript", "onnxruntime")]
@@ -50,7 +51,8 @@ def quiet_libraries() -> Iterator[None]:
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        # NOTE: the float16 tool and the quantiser also print() their notes; they are not ours to show.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -64,6 +66,22 @@ def onnxscript_optimizer(src: Path, dst: Path) -> None:
     import onnxscript.optimizer
 
     onnx.save(onnxscript.optimizer.optimize(onnx.load(str(src))), str(dst))
+
+
+def onnxscript_ort_fusions(src: Path, dst: Path) -> None:
+    """The ONNX Runtime fusions of onnxscript: SDPA / MultiHeadAttention, SkipLayerNormalization, BiasGelu.
+
+    NOTE: ONNX Runtime's own transformer optimiser finds no Attention in torch.export-based graphs
+    (scaled_dot_product_attention with a boolean mask, opset 18; nor in the legacy exporter's opset
+    17 graph, with or without ``use_multi_head_attention``); these rules were written for exactly those
+    graphs and fuse every attention block of the zoo's encoders and decoders.
+    """
+    import onnx_ir as ir
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    model = ir.load(str(src))
+    fused, _ = optimize_for_ort(model)
+    ir.save(fused, str(dst))
 
 
 def ort_offline(src: Path, dst: Path) -> None:
@@ -141,6 +159,13 @@ PASSES: tuple[GraphPass, ...] = (
         ("onnx",),
         onnxscript_optimizer,
         "onnxscript.optimizer.optimize: constant folding, default rewrite rules, dead code, CSE",
+    ),
+    GraphPass(
+        "onnxscript-ort-fusions",
+        ("onnx",),
+        onnxscript_ort_fusions,
+        "onnxscript.rewriter.ort_fusions: attention -> MultiHeadAttention, skip layer norm, bias gelu",
+        applies=_has_attention,
     ),
     GraphPass("ort-offline", ("onnx",), ort_offline, f"onnxruntime offline optimisation at {ORT_OFFLINE_LEVEL}"),
     GraphPass(

@@ -32,8 +32,10 @@ SENTINEL = 1e30
 them into the infinity they stand for, so the range scan leaves them alone."""
 MAX_ROUNDS = 5
 """Repair rebuilds a failing variant at most this many times."""
+STALL_ROUNDS = 2
+"""Repair stops early when this many rounds in a row failed no fewer sample sets, no less badly."""
 _QUANTIZABLE = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "LSTM", "GRU", "Attention"})
-_NODE_IN_ERROR = re.compile(r"Node \(([^)]+)\)")
+_NODE_IN_ERROR = re.compile(r"Node \(([^)]+)\)|node\. Name:'([^']+)'")
 
 Feeds = Mapping[str, np.ndarray]
 Check = Callable[[Path], list[ParityReport]]
@@ -191,6 +193,7 @@ def make_variant(
             added = _expand(hot, groups)
             keep |= added
             outcome.rounds.append(RepairRound(tuple(sorted(added)), _why(hot, groups, "values beyond the fp16 range")))
+    progress: list[tuple[int, float]] = []
     for _ in range(max_rounds + 1):
         try:
             with quiet_libraries():
@@ -201,6 +204,12 @@ def make_variant(
         outcome.reports = check(dst)
         if all(outcome.reports):
             outcome.passed = True
+            break
+        progress.append(_badness(outcome.reports))
+        if len(progress) > STALL_ROUNDS and min(progress[-STALL_ROUNDS:]) >= progress[-STALL_ROUNDS - 1]:
+            outcome.reason = _failure_text(outcome.reports) + (
+                f"; repair stopped: the last {STALL_ROUNDS} rounds did not reduce the failures"
+            )
             break
         blamed, why = _blame(variant, proto, dst, outcome.reports, samples, keep, limit)
         if not blamed:
@@ -259,8 +268,9 @@ def _blame(
     errors = [r.error for r in reports if r.error]
     named = _NODE_IN_ERROR.search(errors[0]) if errors else None
     nodes = {n.name: n for n in proto.graph.node}
-    if named and named.group(1) in nodes and named.group(1) not in keep:
-        return {named.group(1)}, f"ONNX Runtime could not run node {named.group(1)}"
+    culprit = (named.group(1) or named.group(2)) if named else ""
+    if culprit in nodes and culprit not in keep:
+        return {culprit}, f"ONNX Runtime could not run node {culprit}"
     if errors and len(errors) == len(reports):
         return set(), f"the variant does not run ({errors[0][:200]})"
     feeds = samples[failed.sample]
@@ -335,6 +345,13 @@ def _relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
         return float("inf")
     scale = float(np.abs(ref[finite]).max()) if finite.any() else 0.0
     return float(np.abs(cand[finite] - ref[finite]).max()) / max(scale, 1e-12)
+
+
+def _badness(reports: Sequence[ParityReport]) -> tuple[int, float]:
+    """(failed sample sets, worst error ratio): compared as a tuple, smaller is better."""
+    worst = max((o.worst_ratio for r in reports for o in r.outputs), default=0.0)
+    checks = max((c.allowed - c.achieved for r in reports for c in r.checks if not c), default=0.0)
+    return sum(not r for r in reports), float(max(worst, checks))
 
 
 def _failure_text(reports: Sequence[ParityReport]) -> str:
