@@ -36,6 +36,7 @@ def test_a_pass_that_breaks_parity_is_skipped_and_reported(tmp_path: Path) -> No
     steps = {p.name: p for p in result.path("onnx").passes}
     assert steps["scale-weights"].status == "skipped"
     assert "breaks parity on sample 'export'" in steps["scale-weights"].reason
+    assert "first divergence at module `fc1`" in steps["scale-weights"].reason
     assert steps["crash"].status == "failed" and "always crashes" in steps["crash"].reason
     assert steps["onnxscript-optimizer"].status in ("kept", "skipped")
     artifact = result.path("onnx").artifact
@@ -113,3 +114,25 @@ def test_attention_is_fused_into_multi_head_attention_and_still_matches(tmp_path
     if fusion.status == "kept":
         ops = {n.op_type for n in onnx.load(str(tmp_path / "pkg" / "onnx" / "model.onnx")).graph.node}
         assert "MultiHeadAttention" in ops
+
+
+def test_a_variant_that_cannot_be_repaired_names_the_stage_and_module_that_drift(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from toolchain import precision
+
+    def scale_fc2(src: Path, dst: Path, keep: frozenset[str], calibration: object) -> None:
+        model = onnx.load(str(src))
+        init = next(t for t in model.graph.initializer if t.name == "fc2.weight")
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1.5), init.name))
+        onnx.save(model, str(dst))
+
+    broken = precision.Variant("fp16", "fp16", scale_fc2, lambda op: False)
+    monkeypatch.setitem(precision.VARIANTS, "fp16", broken)
+    result = export_package(TINY, tmp_path / "pkg", formats=["onnx"], precisions=["fp16"])
+    assert result
+    fp16 = result.variant("fp16")
+    assert fp16.status == "rejected"
+    assert "exported and optimised graphs match eager, the fp16 variant drifts first" in fp16.reason
+    assert fp16.localization is not None and fp16.localization.module == "fc2"
+    assert not (tmp_path / "pkg" / "onnx" / "model.fp16.onnx").exists()

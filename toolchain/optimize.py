@@ -91,6 +91,7 @@ def optimize_artifact(
     check: Check,
     runner: Runner,
     passes: Sequence[GraphPass] = (),
+    explain: Callable[[Path, list[ParityReport]], str] = lambda path, reports: "",
     progress: Callable[[str], None] = lambda message: None,
 ) -> list[PassResult]:
     """Run every pass for `fmt` over the artifact at `path`, keeping each one that stays correct and fast.
@@ -104,6 +105,7 @@ def optimize_artifact(
         check: replays a candidate file on every sample set.
         runner: loads a file and returns a call that runs it once.
         passes: the pass list; the default is `PASSES`.
+        explain: given a candidate that broke parity and its reports, says where it diverges.
         progress: receives one line per pass.
     """
     scratch = path.parent / f".{path.stem}-passes"
@@ -119,6 +121,9 @@ def optimize_artifact(
             progress(f"pass {graph_pass.name}")
             candidate = scratch / f"{index}-{graph_pass.name}{path.suffix}"
             result = _try_pass(graph_pass, current, candidate, fmt, check=check, runner=runner)
+            if result.status == SKIPPED and result.reports and not all(result.reports):
+                where = explain(candidate, result.reports)
+                result.reason += f"; {where}" if where else ""
             results.append(result)
             if result.status == KEPT:
                 current = candidate

@@ -19,6 +19,7 @@ import numpy as np
 from exporters import EXPORTERS
 from runtimes import runtime_for
 from toolchain.artifact import Artifact, Finding
+from toolchain.bisect import Divergence, first_divergence
 from toolchain.checks import TaskCheck
 from toolchain.errors import ToolchainError
 from toolchain.localize import Localization, localize
@@ -37,6 +38,7 @@ __all__ = [
     "PathResult",
     "Replayer",
     "StageDrift",
+    "explain",
     "exported_copy",
     "failure",
     "likely_cause",
@@ -85,7 +87,7 @@ class PathResult:
     reason: str = ""
     export_seconds: float = 0.0
     verify_seconds: float = 0.0
-    localization: Localization | None = None
+    localization: Localization | Divergence | None = None
     """For a rejected ONNX artifact: the first module whose output diverges from eager."""
     passes: list[PassResult] = field(default_factory=list)
     drift: list[StageDrift] = field(default_factory=list)
@@ -222,7 +224,7 @@ def try_path(
     path.reports = replayer.checker(artifact.format)(main)
     path.status, path.reason = _verdict(path.reports, replayer.samples, artifact.findings)
     if path.status == REJECTED and artifact.format == "onnx":
-        path.localization = _localize(model, replayer, main, path.reports)
+        path.localization = explain(model, replayer, main, path.reports, tolerance=replayer.spec.tolerance)
         if path.localization is not None:
             path.reason += f"; {path.localization}"
     path.verify_seconds = time.perf_counter() - start
@@ -234,20 +236,36 @@ def optimize_path(
     replayer: Replayer,
     workdir: Path,
     *,
+    model: Any = None,
     passes: Sequence[GraphPass] = (),
     progress: Callable[[str], None] = lambda message: None,
 ) -> None:
     """Run the optimisation passes over a kept path's artifact in `workdir`, recording each pass.
 
-    Leaves the unoptimised file beside it as ``<file>.exported`` for the drift measurement.
+    Leaves the unoptimised file beside it as ``<file>.exported`` for the drift measurement. With
+    `model`, a pass that breaks an ONNX artifact's parity is localised to the first diverging module.
     """
     assert path.artifact is not None and path.status == KEPT
     artifact = path.artifact
     main = workdir / artifact.path
     shutil.copyfile(main, exported_copy(main))
     fmt = artifact.format
+    tolerance = replayer.spec.tolerance
+
+    def why(candidate: Path, reports: list[ParityReport]) -> str:
+        if fmt != "onnx":
+            return ""
+        found = explain(model, replayer, candidate, reports, tolerance=tolerance, reference=main)
+        return str(found) if found is not None else ""
+
     path.passes = optimize_artifact(
-        main, fmt, check=replayer.checker(fmt), runner=replayer.runner(fmt), passes=passes, progress=progress
+        main,
+        fmt,
+        check=replayer.checker(fmt),
+        runner=replayer.runner(fmt),
+        passes=passes,
+        explain=why,
+        progress=progress,
     )
     kept = tuple(p.name for p in path.passes if p.status == KEPT)
     if kept:
@@ -270,14 +288,29 @@ def _verdict(reports: list[ParityReport], samples: Sequence[SampleSet], findings
     return REJECTED, f"parity failed on sample {sample.name!r} ({sizes(sample)}): {failure(report)}{more}{because}"
 
 
-def _localize(model: Any, replayer: Replayer, onnx_path: Path, reports: list[ParityReport]) -> Localization | None:
-    """Localise the first numeric failure; localisation is best effort and never fails the export."""
+def explain(
+    model: Any,
+    replayer: Replayer,
+    onnx_path: Path,
+    reports: list[ParityReport],
+    *,
+    tolerance: Tolerance,
+    reference: Path | None = None,
+) -> Localization | Divergence | None:
+    """Localise the first numeric failure of an ONNX file; best effort, never raises.
+
+    First against eager through the graph's module scopes; when the graph has none to match and a
+    known-good `reference` graph is given, by bisection against that graph.
+    """
     failing = next((r for r in reports if not r and not r.error), None)
     if failing is None:
         return None
     sample = next(s for s in replayer.samples if s.name == failing.sample)
     try:
-        return localize(replayer.spec, model, onnx_path, sample, tolerance=replayer.spec.tolerance)
+        found = localize(replayer.spec, model, onnx_path, sample, tolerance=tolerance) if model is not None else None
+        if found is None and reference is not None:
+            return first_divergence(reference, onnx_path, sample.feeds, limit=tolerance.rtol)
+        return found
     except Exception:  # NOTE: a graph localisation cannot read must not hide the parity failure itself.
         return None
 

@@ -218,7 +218,7 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
                     f"{p.exporter}: {p.reason}" for p in result.paths
                 )
                 return
-        _refine(result, replayer, workdirs, plan, progress)
+        _refine(result, model, replayer, workdirs, plan, progress)
         with result.running("package", progress):
             for path in result.shipped:
                 assert path.artifact is not None
@@ -228,7 +228,12 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
 
 
 def _refine(
-    result: ExportResult, replayer: Replayer, workdirs: dict[str, Path], plan: _Plan, progress: Callable[[str], None]
+    result: ExportResult,
+    model: Any,
+    replayer: Replayer,
+    workdirs: dict[str, Path],
+    plan: _Plan,
+    progress: Callable[[str], None],
 ) -> None:
     """Optimise every kept path, build the precision variants, and measure each stage's drift."""
     with result.running("optimize", progress) as stage:
@@ -236,13 +241,15 @@ def _refine(
             stage.detail = "skipped (--no-optimize)"
         for path in result.kept if plan.optimize else []:
             progress(f"{result.spec.name}: optimize {path.exporter}")
-            optimize_path(path, replayer, workdirs[path.exporter], passes=plan.passes, progress=progress)
+            optimize_path(path, replayer, workdirs[path.exporter], model=model, passes=plan.passes, progress=progress)
     with result.running("precision", progress) as stage:
         base = next((p for p in result.kept if p.artifact is not None and p.artifact.format == "onnx"), None)
         if plan.variants and base is None:
             stage.detail = "no kept ONNX path to build precision variants from"
         if plan.variants and base is not None:
-            result.variants = build_variants(base, replayer, workdirs[base.exporter], plan.variants, progress=progress)
+            result.variants = build_variants(
+                base, replayer, workdirs[base.exporter], plan.variants, model=model, progress=progress
+            )
             stage.detail = ", ".join(f"{v.variant} {v.status}" for v in result.variants)
         for path in result.kept:
             variants = result.variants if path is base else []

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from toolchain.errors import TargetError
-from toolchain.paths import KEPT, REJECTED, PathResult, Replayer, exported_copy
+from toolchain.paths import KEPT, REJECTED, PathResult, Replayer, explain, exported_copy
 from toolchain.precision import VARIANTS, make_variant
 from toolchain.spec import PRECISIONS
 
@@ -35,9 +36,14 @@ def build_variants(
     workdir: Path,
     variants: Sequence[str],
     *,
+    model: Any = None,
     progress: Callable[[str], None] = lambda message: None,
 ) -> list[PathResult]:
-    """Build each variant from `base`'s (optimised) ONNX file in `workdir`; failed ones are removed."""
+    """Build each variant from `base`'s (optimised) ONNX file in `workdir`.
+
+    With `model`, a variant that still fails after repair is localised: the stage that first drifts
+    (the fp32 stages passed, or `base` would not be here) and the first module whose output diverges.
+    """
     assert base.artifact is not None and base.artifact.format == "onnx"
     src = workdir / base.artifact.path
     samples = {s.name: s.feeds for s in replayer.samples}
@@ -71,6 +77,12 @@ def build_variants(
             result.status = KEPT
         else:
             result.status, result.reason = REJECTED, outcome.reason
+            tolerance = replayer.spec.tolerance_for(variant.precision)
+            found = explain(model, replayer, workdir / rel, outcome.reports, tolerance=tolerance, reference=src)
+            if found is not None:
+                result.localization = found
+                stages = "exported and optimised graphs match eager" if base.passes else "exported graph matches eager"
+                result.reason += f"; {stages}, the {name} variant drifts first: {found}"
         results.append(result)
     return results
 
