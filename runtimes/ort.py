@@ -12,7 +12,20 @@ import numpy as np
 from toolchain.errors import InferenceError, RuntimeLoadError, first_line
 from toolchain.signature import Signature, TensorSig
 
-__all__ = ["OrtOptions", "OrtRuntime", "OrtSession"]
+__all__ = ["PROVIDERS", "OrtOptions", "OrtRuntime", "OrtSession", "available_providers", "resolve_providers"]
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "qnn": "QNNExecutionProvider",
+}
+"""Short names accepted by ``--provider``, mapped to ONNX Runtime's execution provider names."""
+_LEVELS = ("disable", "basic", "extended", "all")
 
 _ORT_DTYPES = {
     "tensor(float)": "float32",
@@ -26,17 +39,53 @@ _ORT_DTYPES = {
 }
 
 
+def available_providers() -> list[str]:
+    """Execution providers this onnxruntime build offers, as short names where we know them."""
+    import onnxruntime as ort
+
+    names = {v: k for k, v in PROVIDERS.items()}
+    return [names.get(p, p) for p in ort.get_available_providers()]
+
+
+def resolve_providers(requested: tuple[str, ...]) -> tuple[str, ...]:
+    """ONNX Runtime provider names for short or full names; `RuntimeLoadError` lists what is available.
+
+    CPU is always appended as the fallback for operators a provider does not implement.
+    """
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    full = tuple(PROVIDERS.get(p.lower(), p) for p in requested)
+    missing = [p for p, f in zip(requested, full, strict=True) if f not in available]
+    if missing:
+        raise RuntimeLoadError(
+            f"execution provider(s) {missing} not available in this onnxruntime build; "
+            f"available: {', '.join(available_providers())} (install onnxruntime-gpu or another build for more)"
+        )
+    return tuple(dict.fromkeys((*full, "CPUExecutionProvider")))
+
+
 @dataclass(frozen=True)
 class OrtOptions:
     """Session options exposed by the toolchain.
 
     Args:
-        providers: execution providers in order of preference.
+        providers: execution providers in order of preference (full or short names, e.g. ``"cuda"``).
         intra_op_threads: threads per op; 0 lets ONNX Runtime choose.
+        graph_optimization: ``"disable"``, ``"basic"``, ``"extended"`` or ``"all"`` (online, at load).
+        memory_arena: let the CPU allocator keep an arena (faster, holds on to peak memory).
+        io_binding: bind inputs and outputs through an IO binding (saves copies on device providers).
     """
 
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     intra_op_threads: int = 0
+    graph_optimization: str = "all"
+    memory_arena: bool = True
+    io_binding: bool = False
+
+    def __post_init__(self) -> None:
+        if self.graph_optimization not in _LEVELS:
+            raise ValueError(f"OrtOptions.graph_optimization must be one of {_LEVELS}, got {self.graph_optimization!r}")
 
 
 class OrtSession:
@@ -45,16 +94,20 @@ class OrtSession:
     def __init__(self, path: Path, *, signature: Signature | None, options: OrtOptions) -> None:
         import onnxruntime as ort
 
-        missing = [p for p in options.providers if p not in ort.get_available_providers()]
-        if missing:
-            raise RuntimeLoadError(
-                f"execution provider(s) {missing} not available here; available: {ort.get_available_providers()}"
-            )
+        providers = resolve_providers(options.providers)
         so = ort.SessionOptions()
         so.intra_op_num_threads = options.intra_op_threads
+        so.enable_cpu_mem_arena = options.memory_arena
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[options.graph_optimization]
         so.log_severity_level = 4  # NOTE: errors come back as exceptions; keep ORT's own log quiet.
+        self.options = options
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=so, providers=list(options.providers))
+            self._session = ort.InferenceSession(str(path), sess_options=so, providers=list(providers))
         except Exception as e:
             raise RuntimeLoadError(f"{path}: ONNX Runtime could not load it: {first_line(e)}") from e
         self.path = path
@@ -79,10 +132,28 @@ class OrtSession:
         """Check `feeds` against the signature, then run; outputs by name."""
         self.signature.check_feeds(feeds)
         try:
-            values = self._session.run(self._output_names, dict(feeds))
+            if self.options.io_binding:
+                values = self._run_bound(feeds)
+            else:
+                values = self._session.run(self._output_names, dict(feeds))
         except Exception as e:
             raise InferenceError(f"{self.path}: ONNX Runtime failed: {first_line(e)}") from e
         return {name: np.asarray(v) for name, v in zip(self._output_names, values, strict=True)}
+
+    def _run_bound(self, feeds: Mapping[str, np.ndarray]) -> list[Any]:
+        """Run through an IO binding: outputs land where the provider put them, copied back once."""
+        binding = self._session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in self._output_names:
+            binding.bind_output(name)
+        self._session.run_with_iobinding(binding)
+        return list(binding.copy_outputs_to_cpu())
+
+    @property
+    def providers(self) -> list[str]:
+        """The providers the session actually runs on, in order."""
+        return list(self._session.get_providers())
 
 
 class OrtRuntime:

@@ -9,7 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from toolchain.errors import ToolchainError
+from toolchain.errors import TargetError, ToolchainError
 
 __all__ = ["app", "main"]
 
@@ -206,6 +206,80 @@ def zoo(
         if inputs:
             signature = ", ".join(f"{k}: {v.dtype}{list(v.shape)}" for k, v in spec.inputs.items())
             typer.echo(f"    {signature} -> {', '.join(spec.outputs)}")
+
+
+@app.command()
+@_one_line_errors
+def bench(
+    target: Annotated[str, typer.Argument(help="A package folder, or a TARGET to export into a temporary package.")],
+    batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,16",
+    runtime: Annotated[
+        str, typer.Option("--runtime", help="Comma-separated runtimes to time: ort, torchscript, exported_program.")
+    ] = "",
+    provider: Annotated[
+        str, typer.Option("--provider", help="ONNX Runtime execution provider: cpu, cuda, tensorrt, coreml, ...")
+    ] = "cpu",
+    threads: Annotated[int, typer.Option("--threads", help="Threads per op for ONNX Runtime (0: its default).")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+    trust: Annotated[
+        bool, typer.Option("--trust", help="Also time TorchScript/.pt2 of a package from elsewhere.")
+    ] = False,
+    record: Annotated[
+        bool, typer.Option("--record/--no-record", help="Write the results and recommendations into the package.")
+    ] = True,
+) -> None:
+    """Time every artifact on every runtime here beside eager PyTorch, and recommend the fastest correct one."""
+    import json
+    import tempfile
+
+    from runtimes.ort import OrtOptions
+    from toolchain.bench import bench_package, record_bench
+    from toolchain.target import resolve_target
+
+    try:
+        batches = tuple(int(b) for b in batch.split(",") if b.strip())
+    except ValueError:
+        raise TargetError(f"--batch must be comma-separated integers like 1,8,32, got {batch!r}") from None
+    options = OrtOptions(providers=(provider,), intra_op_threads=threads)
+    runtimes = tuple(r.strip() for r in runtime.split(",") if r.strip())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(target)
+        if path.is_dir():
+            spec = _spec_of_package(path)
+        else:
+            from toolchain.pipeline import export_package
+
+            spec = resolve_target(target)
+            path = Path(tmp) / "pkg"
+            typer.echo(f"exporting {spec.name} into a temporary package ...", err=True)
+            if not export_package(spec, path, precisions=("fp32", "fp16", "int8")):
+                raise TargetError(f"{spec.name}: export failed; run `toolchain export` to see why")
+            record = False
+        report = bench_package(
+            path, spec=spec, batches=batches, runtimes=runtimes, options=options, trust=trust,
+            progress=lambda line: typer.echo(f"  {line}", err=True),
+        )  # fmt: skip
+        typer.echo(report.table())
+        if json_out is not None:
+            json_out.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if record and report.rows:
+            record_bench(report)
+            typer.echo(f"recorded in {path}/report.md and the manifest's 'recommended'")
+
+
+def _spec_of_package(path: Path) -> Any:
+    """The registered spec a package was exported from (zoo models are importable), if any."""
+    from toolchain.package import open_package
+    from toolchain.spec import SPECS
+
+    name = open_package(path).name
+    if name not in SPECS.names():
+        import zoo  # noqa: F401 - registers the zoo's specs
+
+    if name in SPECS.names():
+        return SPECS.get(name)
+    typer.echo(f"note: {name} is not registered here; inputs are tiled from the golden sample, no eager", err=True)
+    return None
 
 
 def main() -> None:

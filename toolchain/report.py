@@ -21,6 +21,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += _passes(report)
     lines += _drift(report)
     lines += _variants(report)
+    lines += _bench(report)
     tol = report.get("tolerance", {})
     lines += ["", "## Parity against eager", ""]
     lines += [
@@ -151,6 +152,30 @@ def _variants(report: Mapping[str, Any]) -> list[str]:
         )
         lines.append(f"| {v['exporter']} | {v['status']} | {kept} | {_cell(v.get('reason', ''))} |")
         lines += [f"|  | round {i + 1} |  | {_cell(r['reason'])} |" for i, r in enumerate(repair.get("rounds", []))]
+    return lines
+
+
+def _bench(report: Mapping[str, Any]) -> list[str]:
+    bench = report.get("bench")
+    if not bench:
+        return []
+    host = bench.get("host", {})
+    lines = ["", "## Benchmark", "", f"Host: {host.get('machine')} {host.get('processor')}, {host.get('cpus')} CPUs."]
+    lines += ["Median of runs until the median settled; x eager = eager median / this median.", ""]
+    lines += ["| batch | artifact | runtime | p50 ms | p90 ms | spread | x eager | RSS MB | parity |"]
+    lines += ["|---:|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in sorted(bench.get("rows", []), key=lambda r: (r["batch"], r["p50_ms"])):
+        parity = {None: "—", True: "ok", False: "FAIL"}[r.get("parity")]
+        lines.append(
+            f"| {r['batch']} | {r['artifact']} | {r['runtime']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
+            f"{r['spread']:.0%} | {r['ratio_vs_eager']:.2f} | {r['rss_mb']:.0f} | {parity} |"
+        )
+    for batch, rec in sorted(bench.get("recommended", {}).items(), key=lambda kv: int(kv[0])):
+        portable = rec.get("portable") or {}
+        lines.append(
+            f"\nRecommended at batch {batch}: `{rec['artifact']}` on {rec['runtime']} ({rec['p50_ms']:.3f} ms, "
+            f"{rec['ratio_vs_eager']:.2f}x eager); portable: `{portable.get('artifact', '—')}`."
+        )
     return lines
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Timing", "measure", "race"]
+__all__ = ["Timing", "measure", "measure_stable", "race"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +75,34 @@ def race(
             times[i].append(elapsed)
             spent[i] += elapsed
     return [Timing.of(t) for t in times]
+
+
+def measure_stable(
+    fn: Callable[[], Any],
+    *,
+    warmup: int = 5,
+    window: int = 10,
+    tolerance: float = 0.02,
+    min_seconds: float = 0.3,
+    max_seconds: float = 5.0,
+) -> tuple[Timing, bool]:
+    """Time `fn` until its median settles, or `max_seconds` pass; returns the timing and whether it settled.
+
+    Settled: after at least `min_seconds`, adding the latest `window` runs moved the median of all runs
+    by less than `tolerance` (a fraction).
+    """
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    spent, previous = 0.0, float("inf")
+    while spent < max_seconds:
+        for _ in range(window):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        spent = sum(times)
+        median = float(np.median(times))
+        if spent >= min_seconds and abs(median - previous) <= tolerance * median:
+            return Timing.of(times), True
+        previous = median
+    return Timing.of(times), False

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from runtimes import RUNTIMES, runtime_for
-from runtimes.ort import OrtOptions, OrtRuntime
+from runtimes.ort import OrtOptions, OrtRuntime, resolve_providers
 from toolchain.errors import FeedError, RuntimeLoadError
 from toolchain.package import open_package
 
@@ -65,8 +65,22 @@ def test_corrupt_model_is_a_load_error(tmp_path: Path) -> None:
 
 def test_unavailable_provider_lists_the_available_ones(tiny_package: Path) -> None:
     runtime = OrtRuntime(OrtOptions(providers=("NoSuchExecutionProvider",)))
-    with pytest.raises(RuntimeLoadError, match=r"not available here; available: \[.*CPUExecutionProvider"):
+    with pytest.raises(RuntimeLoadError, match=r"\['NoSuchExecutionProvider'\] not available .*available: .*cpu"):
         runtime.load(tiny_package / "onnx/model.onnx")
+
+
+def test_short_provider_names_and_session_options(tiny_package: Path) -> None:
+    options = OrtOptions(providers=("cpu",), intra_op_threads=1, graph_optimization="basic", io_binding=True)
+    session = OrtRuntime(options).load(tiny_package / "onnx/model.onnx")
+    assert session.providers == ["CPUExecutionProvider"]
+    x = np.ones((2, 4), np.float32)
+    plain = OrtRuntime().load(tiny_package / "onnx/model.onnx").run({"x": x})
+    bound = session.run({"x": x})
+    np.testing.assert_allclose(bound["y"], plain["y"], rtol=1e-6)
+    with pytest.raises(RuntimeLoadError, match=r"\['cuda'\] not available"):
+        resolve_providers(("cuda",))
+    with pytest.raises(ValueError, match="graph_optimization must be one of"):
+        OrtOptions(graph_optimization="max")
 
 
 def test_registry_finds_ort_for_onnx() -> None:

@@ -1,0 +1,148 @@
+"""The recommended runtime of each zoo package against the peers a user would otherwise pick.
+
+Per zoo model and batch size (1 and 16 by default): export a package (every path, fp16 and int8),
+let `toolchain.bench` recommend the fastest artifact that matches eager (trusted host: TorchScript
+and .pt2 count), then race it side by side, run by run, against
+  eager PyTorch, torch.jit trace + freeze + optimize_for_inference, torch.compile (inductor,
+  freezing=True) and ONNX Runtime on a plain torch.onnx.export with default session options.
+Prints latency ratios peer / recommended (>= 1.0: the recommendation is at least as fast), the ratio
+against the fastest peer, and the median over the zoo. 2 threads for torch and ONNX Runtime.
+Run: ``python bench/peers.py [--batch 1,16] [name ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+import zoo  # noqa: F401
+from runtimes import runtime_for
+from runtimes.ort import OrtOptions, OrtRuntime
+from toolchain.bench import bench_package
+from toolchain.pipeline import export_package
+from toolchain.samples import make_feed
+from toolchain.spec import SPECS, ModelSpec
+from toolchain.timing import race
+
+THREADS = 2
+PEERS = ("eager", "jit-frozen", "compile-frozen", "ort-plain")
+
+
+def _feeds(spec: ModelSpec, batch: int) -> dict[str, np.ndarray]:
+    symbols = spec.symbols()
+    sym = "batch" if "batch" in symbols else symbols[0]
+    sizes = {s: spec.dim(s).example for s in symbols} | {sym: batch}
+    rng = np.random.default_rng([0, batch])
+    return {k: make_feed(inp, sizes, rng) for k, inp in spec.inputs.items()}
+
+
+def _peers(model: Any, spec: ModelSpec, feeds: dict[str, np.ndarray], tmp: Path) -> dict[str, Callable[[], Any]]:
+    args = tuple(torch.from_numpy(feeds[n].copy()) for n in spec.inputs)
+    peers: dict[str, Callable[[], Any]] = {}
+
+    def eager() -> Any:
+        with torch.no_grad():
+            return model(*args)
+
+    peers["eager"] = eager
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            scripted = torch.jit.trace(model, args, check_trace=False)  # type: ignore[no-untyped-call]
+            traced = torch.jit.optimize_for_inference(torch.jit.freeze(scripted))
+            traced(*args)
+            peers["jit-frozen"] = lambda: traced(*args)
+        except Exception as e:
+            print(f"    jit-frozen unavailable: {type(e).__name__}: {str(e)[:100]}")
+        try:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True
+            compiled = torch.compile(model, backend="inductor")
+            compiled(*args)  # type: ignore[no-untyped-call]
+            peers["compile-frozen"] = lambda: compiled(*args)  # type: ignore[no-untyped-call]
+        except Exception as e:
+            print(f"    compile-frozen unavailable: {type(e).__name__}: {str(e)[:100]}")
+        try:
+            path = tmp / f"plain-{next(iter(feeds.values())).shape[0]}.onnx"
+            torch.onnx.export(model, args, str(path), dynamo=True, input_names=list(spec.inputs))
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = THREADS
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            names = [i.name for i in session.get_inputs()]
+            peers["ort-plain"] = lambda: session.run(None, {n: feeds[n] for n in names})
+        except Exception as e:
+            print(f"    ort-plain unavailable: {type(e).__name__}: {str(e)[:100]}")
+    return peers
+
+
+def _recommended(pkg: Path, spec: ModelSpec, batch: int) -> tuple[str, Callable[[], Any]] | None:
+    report = bench_package(pkg, spec=spec, batches=(batch,), options=OrtOptions(intra_op_threads=THREADS), trust=True)
+    best = report.recommended(batch)
+    if best is None:
+        return None
+    entry = next(a for a in report.rows if a.artifact == best.artifact)
+    runtime = (
+        OrtRuntime(OrtOptions(intra_op_threads=THREADS))
+        if entry.runtime == "ort"
+        else runtime_for("torchscript" if entry.runtime == "torchscript" else "exported_program")
+    )
+    assert runtime is not None
+    session = runtime.load(pkg / best.artifact)
+    feeds = _feeds(spec, batch)
+    return f"{best.artifact} ({best.runtime})", lambda: session.run(feeds)
+
+
+def main() -> None:
+    """Export, recommend, race against the peers, print ratios."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("names", nargs="*")
+    parser.add_argument("--batch", default="1,16")
+    parsed = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    batches = [int(b) for b in parsed.batch.split(",")]
+    against_best: list[float] = []
+    print(f"{'model':26} {'batch':>5}  {'recommended':44} " + " ".join(f"{p:>14}" for p in PEERS) + f" {'vs best':>8}")
+    for name in parsed.names or SPECS.names():
+        spec = SPECS.get(name)
+        model = spec.build().eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            pkg = Path(tmp) / "pkg"
+            if not export_package(spec, pkg, precisions=("fp32", "fp16", "int8")):
+                print(f"{name:26} export failed")
+                continue
+            for batch in batches:
+                dim = spec.dim("batch" if "batch" in spec.symbols() else spec.symbols()[0])
+                if batch < dim.min or (dim.max and batch > dim.max):
+                    continue
+                chosen = _recommended(pkg, spec, batch)
+                if chosen is None:
+                    print(f"{name:26} {batch:>5}  no artifact matched eager at this batch")
+                    continue
+                label, run = chosen
+                peers = _peers(model, spec, _feeds(spec, batch), Path(tmp))
+                timings = race([run, *peers.values()], min_seconds=1.0, warmup=5)
+                ours = timings[0].p50_ms
+                ratios = {p: t.p50_ms / ours for p, t in zip(peers, timings[1:], strict=True)}
+                best = min(ratios.values())
+                against_best.append(best)
+                cells = " ".join(f"{ratios[p]:14.2f}" if p in ratios else f"{'—':>14}" for p in PEERS)
+                print(f"{name:26} {batch:>5}  {label[:44]:44} {cells} {best:8.2f}   ({ours:.3f} ms)", flush=True)
+    if against_best:
+        median = statistics.median(against_best)
+        print(f"median ratio against the fastest peer: {median:.2f} over {len(against_best)} rows")
+        print(f"rows below 1.0: {sum(r < 1.0 for r in against_best)}")
+    print("ratio = peer median latency / recommended median latency, raced run by run (>= 1.0: recommended is as fast)")
+
+
+if __name__ == "__main__":
+    main()
