@@ -26,15 +26,25 @@ class OnnxExporter:
     name = "onnx"
     format = "onnx"
 
-    def __init__(self, *, opset: int = 0, custom_translation_table: Mapping[Any, Any] = _NO_TABLE) -> None:
+    def __init__(
+        self,
+        *,
+        opset: int = 0,
+        custom_translation_table: Mapping[Any, Any] = _NO_TABLE,
+        loop_free_embedding_bag: bool = True,
+    ) -> None:
         """Configure the exporter.
 
         Args:
             opset: ONNX opset, 0 for the exporter's default.
-            custom_translation_table: torch op -> onnxscript function, for custom ops (passed through).
+            custom_translation_table: torch op -> onnxscript function, for custom ops (passed through);
+                its entries win over the toolchain's own translations.
+            loop_free_embedding_bag: translate ``aten.embedding_bag`` to Gather + reductions
+                (`exporters._embedding_bag`) instead of torchlib's ``Loop`` over the bags.
         """
         self.opset = opset
         self.custom_translation_table = dict(custom_translation_table)
+        self.loop_free_embedding_bag = loop_free_embedding_bag
 
     def export(self, model: Any, spec: ModelSpec, sample: SampleSet, workdir: Path) -> Artifact:
         """Export `model` into ``workdir/onnx/model.onnx``."""
@@ -45,8 +55,9 @@ class OnnxExporter:
         target.parent.mkdir(parents=True, exist_ok=True)
         args = tuple(torch.from_numpy(sample.feeds[n].copy()) for n in spec.inputs)
         options: dict[str, Any] = {"opset_version": self.opset} if self.opset else {}
-        if self.custom_translation_table:
-            options["custom_translation_table"] = self.custom_translation_table
+        table = self._translation_table()
+        if table:
+            options["custom_translation_table"] = table
         _clear_rnn_dispatch_caches()
         start = time.perf_counter()
         with capture_findings() as findings:
@@ -76,6 +87,17 @@ class OnnxExporter:
             seconds=seconds,
             findings=[*findings, *shape_findings],
         )
+
+    def _translation_table(self) -> dict[Any, Any]:
+        """The toolchain's own translations, overridden by the user's `custom_translation_table`."""
+        # NOTE: the Loop-free form scatters with reduction="max", which needs opset 18.
+        if not self.loop_free_embedding_bag or 0 < self.opset < 18:
+            return dict(self.custom_translation_table)
+        from exporters._embedding_bag import embedding_bag_table
+
+        # NOTE: torchlib turns every EmbeddingBag into a Loop over its bags, which ONNX Runtime runs
+        # bag by bag (0.37x eager on DLRM at batch 16); the Loop-free form is several times faster.
+        return {**embedding_bag_table(), **self.custom_translation_table}
 
 
 def onnx_artifact(
