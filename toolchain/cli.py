@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -185,6 +186,15 @@ def inspect(package: Annotated[Path, typer.Argument(help="Package folder to desc
             f"  artifact {art['path']} [{art['format']}, {art['variant']}, opset {art['opset']}] "
             f"parity {'passed' if parity.get('passed') else 'FAILED'} on {parity.get('sample_sets', [])}"
         )
+        if art.get("passes"):
+            typer.echo(f"           passes: {', '.join(art['passes'])}")
+        if art.get("keep"):
+            typer.echo(f"           kept in fp32: {len(art['keep'])} node(s)")
+    for batch, rec in pkg.manifest.get("recommended", {}).items():
+        typer.echo(
+            f"  recommended at batch {batch}: {rec['artifact']} on {rec['runtime']} "
+            f"({rec['p50_ms']:.3f} ms, {rec['ratio_vs_eager']:.2f}x eager)"
+        )
 
 
 @app.command()
@@ -280,6 +290,103 @@ def _spec_of_package(path: Path) -> Any:
         return SPECS.get(name)
     typer.echo(f"note: {name} is not registered here; inputs are tiled from the golden sample, no eager", err=True)
     return None
+
+
+_JOBS = min(8, os.cpu_count() or 1)
+_GATE_HELP = (
+    "Export and verify every selected model in worker processes, and compare with a baseline.\n\n"
+    "TARGETs are registered names, modules or path/file.py files to import (every model they register), or "
+    "module:attr / file.py:attr; --all adds every registered model, the zoo's included. A model whose content key "
+    "(its module source, spec, weights, library versions) is unchanged reuses its cached result from "
+    "$TOOLCHAIN_HOME/gate-cache unless --no-cache.\n\n"
+    "Exit codes: 0 every case passed (or --update-baseline rewrote the baseline); 1 a parity failure or a "
+    "regression against the baseline; 2 a usage or environment error (unknown target, missing baseline file, "
+    "ray not installed)."
+)
+
+
+@app.command(help=_GATE_HELP)
+def gate(
+    targets: Annotated[
+        list[str] | None, typer.Argument(help="Registered names, modules, path/file.py, or module:attr.")
+    ] = None,
+    all_models: Annotated[bool, typer.Option("--all", help="Check every registered model (the zoo too).")] = False,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes; 0 runs in this process.")] = _JOBS,
+    formats: Annotated[
+        str, typer.Option("--formats", help="Export paths: all (each model's own), auto, or a comma list.")
+    ] = "all",
+    baseline: Annotated[
+        Path | None, typer.Option("--baseline", help="Regression baseline (JSON) to compare with.")
+    ] = None,
+    update_baseline: Annotated[
+        bool, typer.Option("--update-baseline", help="Rewrite --baseline from this run (sorted, stable floats).")
+    ] = False,
+    allow_new: Annotated[bool, typer.Option("--allow-new", help="Models missing from the baseline pass.")] = False,
+    growth: Annotated[
+        float, typer.Option("--growth", help="Allowed growth factor of a kept artifact's error over the baseline.")
+    ] = 2.0,
+    junit: Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here.")] = None,
+    markdown: Annotated[Path | None, typer.Option("--markdown", help="Write a pull-request comment here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full results as JSON here.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Keep each model's package in OUT/<name>.")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Check every model again.")] = False,
+    bench: Annotated[
+        bool, typer.Option("--bench", help="Also time each kept artifact beside eager; the ratio goes in the baseline.")
+    ] = False,
+    executor: Annotated[str, typer.Option("--executor", help="local (process pool) or ray.")] = "local",
+    address: Annotated[str, typer.Option("--address", help="Ray cluster address (default: start a local one).")] = "",
+    seed: Annotated[int, typer.Option(help="Seed for the generated sample inputs.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Run the parity gate (the help text is `_GATE_HELP`); exit 0 pass, 1 failure, 2 usage error."""
+    import time
+
+    from toolchain.baseline import BaselinePolicy, load_baseline, write_baseline
+    from toolchain.executors import make_executor
+    from toolchain.gate import judge, parse_formats, run_gate, select_specs
+    from toolchain.gate_report import live_progress, write_reports
+
+    start = time.perf_counter()
+    try:
+        policy = BaselinePolicy(growth=growth, allow_new=allow_new or update_baseline)
+        chosen = parse_formats(formats)
+        if update_baseline and baseline is None:
+            raise TargetError("--update-baseline needs --baseline FILE")
+        entries = {}
+        if baseline is not None and (baseline.exists() or not update_baseline):
+            entries = load_baseline(baseline)
+        pool = make_executor(executor, jobs=jobs, address=address)
+        selected = select_specs(targets or [], all_registered=all_models)
+        with live_progress(len(selected), enabled=not quiet) as progress:
+            results = run_gate(
+                selected,
+                formats=chosen,
+                seed=seed,
+                executor=pool,
+                cache=not no_cache,
+                out=out,
+                bench=bench,
+                progress=progress,
+            )
+        outcome = judge(
+            results,
+            baseline=entries if baseline is not None else None,
+            policy=policy,
+            seconds=time.perf_counter() - start,
+        )
+        write_reports(outcome, junit=junit, markdown=markdown, json_path=json_out)
+        if update_baseline and baseline is not None:
+            write_baseline(baseline, results, previous=entries, prune=all_models)
+    except ToolchainError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    for case in outcome.failed:
+        typer.echo(f"FAIL {case.model} / {case.artifact}: {case.message}", err=True)
+    typer.echo(outcome.summary())
+    if update_baseline:
+        typer.echo(f"baseline written: {baseline} ({len(results)} models recorded)")
+    elif not outcome:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -12,7 +12,10 @@ from types import ModuleType
 from toolchain.errors import TargetError, ToolchainError
 from toolchain.spec import SPECS, ModelSpec, spec_for
 
-__all__ = ["resolve_target"]
+__all__ = ["FILE_MODULE_PREFIX", "import_source", "is_file_target", "resolve_target"]
+
+FILE_MODULE_PREFIX = "toolchain_target_"
+"""Module names given to ``.py`` files imported by path (the prefix, then a hash of the path)."""
 
 
 def resolve_target(target: str) -> ModelSpec:
@@ -29,7 +32,7 @@ def resolve_target(target: str) -> ModelSpec:
     where, _, attr = target.rpartition(":")
     if not where or not attr:
         raise TargetError(f"TARGET {target!r} must look like 'name', 'pkg.module:attr' or 'path/file.py:attr'")
-    module = _import_file(Path(where)) if where.endswith(".py") or "/" in where else _import_module(where)
+    module = import_source(where)
     if not hasattr(module, attr):
         public = sorted(n for n in vars(module) if not n.startswith("_"))
         raise TargetError(f"{where} has no attribute {attr!r}; it defines: {', '.join(public[:20]) or 'nothing'}")
@@ -43,6 +46,27 @@ def resolve_target(target: str) -> ModelSpec:
             "@toolchain.exportable(name=..., inputs=...) or point at a registered name"
         )
     return spec
+
+
+def is_file_target(where: str) -> bool:
+    """True when `where` names a Python file (``path/file.py``) rather than a module."""
+    return where.endswith(".py") or "/" in where
+
+
+def import_source(where: str) -> ModuleType:
+    """Import a module (``pkg.module``) or a Python file (``path/file.py``), once per process.
+
+    A file that is already imported under another name (a test module imported through ``sys.path``)
+    is returned as it is, so its ``@exportable`` declarations are not registered twice.
+    """
+    if not is_file_target(where):
+        return _import_module(where)
+    path = Path(where).resolve()
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if file and file.endswith(path.name) and Path(file).resolve() == path:
+            return module
+    return _import_file(path)
 
 
 def _import_module(name: str) -> ModuleType:
@@ -60,7 +84,7 @@ def _import_file(path: Path) -> ModuleType:
     path = path.resolve()
     if not path.is_file():
         raise TargetError(f"{path}: no such Python file")
-    name = "toolchain_target_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    name = FILE_MODULE_PREFIX + hashlib.sha1(str(path).encode()).hexdigest()[:12]
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)

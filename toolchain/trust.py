@@ -14,15 +14,19 @@ from pathlib import Path
 
 from toolchain.package import MANIFEST
 
-__all__ = ["is_trusted", "remember", "trust_list_path"]
+__all__ = ["is_trusted", "remember", "toolchain_home", "trust_list_path"]
 
 _KEEP = 5000
 
 
+def toolchain_home() -> Path:
+    """This machine's toolchain folder: ``$TOOLCHAIN_HOME``, default ``~/.cache/toolchain``."""
+    return Path(os.environ.get("TOOLCHAIN_HOME") or "~/.cache/toolchain").expanduser()
+
+
 def trust_list_path() -> Path:
     """The file holding the sha256 of every manifest this machine exported."""
-    home = os.environ.get("TOOLCHAIN_HOME") or "~/.cache/toolchain"
-    return Path(home).expanduser() / "trusted-manifests.txt"
+    return toolchain_home() / "trusted-manifests.txt"
 
 
 def remember(package: Path) -> bool:
