@@ -28,6 +28,7 @@ import zoo  # noqa: F401
 from runtimes import runtime_for
 from runtimes.ort import OrtOptions, OrtRuntime
 from toolchain.bench import bench_package
+from toolchain.package import open_package
 from toolchain.pipeline import export_package
 from toolchain.samples import make_feed
 from toolchain.spec import SPECS, ModelSpec
@@ -97,7 +98,7 @@ def _recommended(pkg: Path, spec: ModelSpec, batch: int) -> tuple[str, Callable[
         else runtime_for("torchscript" if entry.runtime == "torchscript" else "exported_program")
     )
     assert runtime is not None
-    session = runtime.load(pkg / best.artifact)
+    session = runtime.load(pkg / best.artifact, signature=open_package(pkg).signature)
     feeds = _feeds(spec, batch)
     return f"{best.artifact} ({best.runtime})", lambda: session.run(feeds)
 

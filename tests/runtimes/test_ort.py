@@ -86,3 +86,13 @@ def test_short_provider_names_and_session_options(tiny_package: Path) -> None:
 def test_registry_finds_ort_for_onnx() -> None:
     assert runtime_for("onnx") is RUNTIMES.get("ort")
     assert runtime_for("no-such-format") is None
+
+
+def test_a_checked_feed_layout_does_not_hide_a_wrong_one_later(tiny_package: Path) -> None:
+    session = OrtRuntime().load(tiny_package / "onnx/model.onnx", signature=open_package(tiny_package).signature)
+    session.run({"x": np.ones((2, 4), np.float32)})
+    session.run({"x": np.ones((2, 4), np.float32)})
+    with pytest.raises(FeedError, match="input 'x'"):
+        session.run({"x": np.ones((2, 4), np.float64)})
+    with pytest.raises(FeedError, match="input 'x'"):
+        session.run({"x": np.ones((2, 5), np.float32)})
