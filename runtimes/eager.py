@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from toolchain.errors import InferenceError, SpecError, first_line
-from toolchain.signature import Signature
+from toolchain.signature import FeedGuard, Signature
 
 __all__ = ["EagerSession", "flatten_outputs", "torch_available"]
 
@@ -26,12 +26,13 @@ class EagerSession:
         self.model = model
         self.signature = signature
         self.source = source
+        self._guard = FeedGuard(signature)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the module positionally in signature order; outputs by the spec's names."""
         import torch
 
-        self.signature.check_feeds(feeds)
+        self._guard.check(feeds)
         args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.signature.input_names]
         try:
             with torch.no_grad():

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from toolchain.errors import InferenceError, RuntimeLoadError, first_line
-from toolchain.signature import Signature, TensorSig
+from toolchain.signature import FeedGuard, Signature, TensorSig
 
 __all__ = ["PROVIDERS", "OrtOptions", "OrtRuntime", "OrtSession", "available_providers", "resolve_providers"]
 
@@ -26,7 +26,6 @@ PROVIDERS = {
 }
 """Short names accepted by ``--provider``, mapped to ONNX Runtime's execution provider names."""
 _LEVELS = ("disable", "basic", "extended", "all")
-_CHECKED_KEYS = 256
 
 _ORT_DTYPES = {
     "tensor(float)": "float32",
@@ -114,8 +113,7 @@ class OrtSession:
         self.path = path
         self.signature = signature or self._native_signature()
         self._output_names = [o.name for o in self._session.get_outputs()]
-        self._checked: set[tuple[Any, ...]] = set()
-        """Feed layouts (names, dtypes, shapes) already checked against the signature."""
+        self._guard = FeedGuard(self.signature)
 
     def _native_signature(self) -> Signature:
         def sig(arg: Any) -> TensorSig:
@@ -133,11 +131,7 @@ class OrtSession:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Check `feeds` against the signature, then run; outputs by name."""
-        key = _feed_key(feeds)
-        if key is None or key not in self._checked:
-            self.signature.check_feeds(feeds)
-            if key is not None and len(self._checked) < _CHECKED_KEYS:
-                self._checked.add(key)
+        self._guard.check(feeds)
         try:
             if self.options.io_binding:
                 values = self._run_bound(feeds)
@@ -161,18 +155,6 @@ class OrtSession:
     def providers(self) -> list[str]:
         """The providers the session actually runs on, in order."""
         return list(self._session.get_providers())
-
-
-def _feed_key(feeds: Mapping[str, Any]) -> tuple[Any, ...] | None:
-    """(name, dtype, shape) of every feed, or None when one is not an array (the full check reports it).
-
-    NOTE: checking feeds costs ~45 us, as much as running a small model; a layout that passed once
-    passes again, so each one is checked only the first time it is seen.
-    """
-    try:
-        return tuple(sorted((k, v.dtype.str, v.shape) for k, v in feeds.items()))
-    except AttributeError:
-        return None
 
 
 class OrtRuntime:

@@ -10,7 +10,7 @@ import numpy as np
 
 from toolchain.errors import FeedError
 
-__all__ = ["Signature", "TensorSig"]
+__all__ = ["FeedGuard", "Signature", "TensorSig"]
 
 Shape = tuple[int | str, ...]
 
@@ -102,3 +102,29 @@ class Signature:
             outputs=tuple(TensorSig.from_dict(t) for t in data["outputs"]),
             verified_sizes={k: tuple(int(s) for s in v) for k, v in data.get("verified_sizes", {}).items()},
         )
+
+
+class FeedGuard:
+    """Checks feeds against a signature, each feed layout (names, dtypes, shapes) only the first time.
+
+    NOTE: a full check costs ~45 us, as much as running a small model; a layout that passed once
+    passes again, so sessions on a hot path check through this.
+    """
+
+    _MAX_LAYOUTS = 256
+
+    def __init__(self, signature: Signature) -> None:
+        self.signature = signature
+        self._passed: set[tuple[Any, ...]] = set()
+
+    def check(self, feeds: Mapping[str, Any]) -> None:
+        """`Signature.check_feeds`, skipped for a layout that already passed."""
+        try:
+            key: tuple[Any, ...] | None = tuple(sorted((k, v.dtype.str, v.shape) for k, v in feeds.items()))
+        except AttributeError:  # not an array: the full check names it
+            key = None
+        if key is not None and key in self._passed:
+            return
+        self.signature.check_feeds(feeds)
+        if key is not None and len(self._passed) < self._MAX_LAYOUTS:
+            self._passed.add(key)
