@@ -19,7 +19,7 @@ import numpy as np
 
 from toolchain.localize import node_scopes, run_exposed
 
-__all__ = ["Divergence", "first_divergence"]
+__all__ = ["Divergence", "diverges", "first_divergence", "relative_error"]
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,8 @@ def first_divergence(
         names = [o for n in chunk for o in n.output if o in present]
         a, b = _run(good, names, feeds), _run(bad, names, feeds)
         runs += 2
-        errors = {k: _error(a[k], b[k]) for k in names if k in a and k in b}
-        return {k: e for k, e in errors.items() if e > (limit if a[k].dtype.kind == "f" else 0.0)}
+        errors = {k: relative_error(a[k], b[k]) for k in names if k in a and k in b}
+        return {k: e for k, e in errors.items() if diverges(e, a[k], limit)}
 
     lo, hi = 0, len(nodes)
     if not nodes or not diverged(nodes):
@@ -103,7 +103,17 @@ def _run(proto: Any, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> d
     return run_exposed(copy, names, feeds)
 
 
-def _error(reference: np.ndarray, candidate: np.ndarray) -> float:
+def diverges(error: float, reference: np.ndarray, limit: float) -> bool:
+    """A float value diverges beyond `limit`; any changed integer or boolean (a flipped comparison) diverges."""
+    return error > (limit if reference.dtype.kind == "f" else 0.0)
+
+
+def relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """How far `candidate` strays from `reference`, comparable across tensors.
+
+    Floats: max |a - b| over the reference's largest finite magnitude (inf where a value turns
+    non-finite); integers and booleans: the fraction that differ; another shape: inf.
+    """
     if reference.shape != candidate.shape:
         return float("inf")
     if reference.size == 0:

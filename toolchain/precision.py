@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from toolchain.bisect import diverges, relative_error
 from toolchain.localize import node_scopes, run_exposed
 from toolchain.parity import ParityReport
 from toolchain.passes import quiet_libraries
@@ -278,9 +279,8 @@ def _blame(
     present = {o for n in variant_proto.graph.node for o in n.output}
     names = [o for n in proto.graph.node for o in n.output if o and o in present]
     reference, candidate = _values(proto, names, feeds), _values(variant_proto, names, feeds)
-    error = {k: _relative_error(reference[k], candidate[k]) for k in names if k in reference and k in candidate}
-    # NOTE: any changed integer or boolean (a flipped comparison, another index) counts as diverged.
-    diverged = {k: e > (limit if reference[k].dtype.kind == "f" else 0.0) for k, e in error.items()}
+    error = {k: relative_error(reference[k], candidate[k]) for k in names if k in reference and k in candidate}
+    diverged = {k: diverges(e, reference[k], limit) for k, e in error.items()}
     first = _first_divergence(proto, diverged)
     if first is not None:
         where = f"on sample {failed.sample!r}"
@@ -328,23 +328,6 @@ def _float_max(value: np.ndarray) -> float:
         return 0.0
     finite = value[np.isfinite(value) & (np.abs(value) < SENTINEL)]
     return float(np.abs(finite).max()) if finite.size else 0.0
-
-
-def _relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Float values: max error over the reference's scale; integers and booleans: fraction that differ."""
-    if reference.shape != candidate.shape or reference.size == 0:
-        return 0.0
-    if reference.dtype.kind in "biu":
-        # NOTE: a comparison that flips (a threshold rounded to fp16) shows up here, not in a float.
-        return float(np.mean(reference != candidate))
-    if reference.dtype.kind != "f":
-        return 0.0
-    ref, cand = reference.astype(np.float64), candidate.astype(np.float64)
-    finite = np.isfinite(ref)
-    if not np.isfinite(cand[finite]).all():
-        return float("inf")
-    scale = float(np.abs(ref[finite]).max()) if finite.any() else 0.0
-    return float(np.abs(cand[finite] - ref[finite]).max()) / max(scale, 1e-12)
 
 
 def _badness(reports: Sequence[ParityReport]) -> tuple[int, float]:
