@@ -91,16 +91,15 @@ def _recommended(pkg: Path, spec: ModelSpec, batch: int) -> tuple[str, Callable[
     best = report.recommended(batch)
     if best is None:
         return None
-    entry = next(a for a in report.rows if a.artifact == best.artifact)
     runtime = (
-        OrtRuntime(OrtOptions(intra_op_threads=THREADS))
-        if entry.runtime == "ort"
-        else runtime_for("torchscript" if entry.runtime == "torchscript" else "exported_program")
+        OrtRuntime(OrtOptions(intra_op_threads=THREADS, fixed_dims=best.fixed_dims))
+        if best.runtime == "ort"
+        else runtime_for("torchscript" if best.runtime == "torchscript" else "exported_program")
     )
     assert runtime is not None
     session = runtime.load(pkg / best.artifact, signature=open_package(pkg).signature)
     feeds = _feeds(spec, batch)
-    return f"{best.artifact} ({best.runtime})", lambda: session.run(feeds)
+    return f"{best.artifact} ({best.label})", lambda: session.run(feeds)
 
 
 def main() -> None:

@@ -75,6 +75,9 @@ class OrtOptions:
         graph_optimization: ``"disable"``, ``"basic"``, ``"extended"`` or ``"all"`` (online, at load).
         memory_arena: let the CPU allocator keep an arena (faster, holds on to peak memory).
         io_binding: bind inputs and outputs through an IO binding (saves copies on device providers).
+        fixed_dims: ``(("batch", 16),)`` plans the graph for these sizes of its symbolic dims (ONNX
+            Runtime's free-dimension override): shape arithmetic folds away, which pays on small
+            graphs; a feed of any other size is refused by ONNX Runtime, never run wrongly.
     """
 
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
@@ -82,6 +85,7 @@ class OrtOptions:
     graph_optimization: str = "all"
     memory_arena: bool = True
     io_binding: bool = False
+    fixed_dims: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.graph_optimization not in _LEVELS:
@@ -105,6 +109,8 @@ class OrtSession:
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[options.graph_optimization]
         so.log_severity_level = 4  # NOTE: errors come back as exceptions; keep ORT's own log quiet.
+        for dim, size in options.fixed_dims:
+            so.add_free_dimension_override_by_name(dim, size)
         self.options = options
         try:
             self._session = ort.InferenceSession(str(path), sess_options=so, providers=list(providers))
@@ -114,6 +120,11 @@ class OrtSession:
         self.signature = signature or self._native_signature()
         self._output_names = [o.name for o in self._session.get_outputs()]
         self._guard = FeedGuard(self.signature)
+        # NOTE: the public run() re-validates input names (the guard already did) and retries failed
+        # device providers on CPU; on a CPU-only session its C++ run is the same call ~2.5 us sooner
+        # (a quarter of a small model's run). Any other session goes through the public API.
+        cpu_only = self._session.get_providers() == ["CPUExecutionProvider"]
+        self._run = getattr(self._session, "_sess", self._session).run if cpu_only else self._session.run
 
     def _native_signature(self) -> Signature:
         def sig(arg: Any) -> TensorSig:
@@ -136,10 +147,11 @@ class OrtSession:
             if self.options.io_binding:
                 values = self._run_bound(feeds)
             else:
-                values = self._session.run(self._output_names, dict(feeds))
+                values = self._run(self._output_names, feeds if type(feeds) is dict else dict(feeds), None)
         except Exception as e:
             raise InferenceError(f"{self.path}: ONNX Runtime failed: {first_line(e)}") from e
-        return {name: np.asarray(v) for name, v in zip(self._output_names, values, strict=True)}
+        names = self._output_names
+        return {n: v if type(v) is np.ndarray else np.asarray(v) for n, v in zip(names, values, strict=True)}
 
     def _run_bound(self, feeds: Mapping[str, np.ndarray]) -> list[Any]:
         """Run through an IO binding: outputs land where the provider put them, copied back once."""

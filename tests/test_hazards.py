@@ -89,10 +89,10 @@ class InplaceOnView(nn.Module):
 EXPECTED_KEPT = {
     "hazard.value_branch": {"torchscript"},
     "hazard.item_as_size": {"onnx", "torchscript"},
-    "hazard.hard_coded_view": {"onnx", "onnx_legacy", "torchscript"},
+    "hazard.hard_coded_view": {"onnx", "onnx_legacy", "torchscript", "torchscript_trace"},
     "hazard.loop_over_batch": {"torchscript"},
     "hazard.train_mode": set(ALL_FORMATS),
-    "hazard.inplace_view": {"onnx", "torchscript", "exported_program"},
+    "hazard.inplace_view": {"onnx", "torchscript", "torchscript_trace", "exported_program"},
 }
 
 

@@ -26,6 +26,7 @@ def test_package_holds_manifest_samples_and_reports(tiny_package: Path) -> None:
         "onnx/model.onnx",
         "onnx_legacy/model.onnx",
         "torchscript/model.pt",
+        "torchscript_trace/model.pt",
         "exported_program/model.pt2",
     ]
     assert all(manifest["parity"][p]["passed"] for p in paths)

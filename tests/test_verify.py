@@ -35,7 +35,7 @@ def _verify_without_torch(package: Path) -> subprocess.CompletedProcess[str]:
 def test_verify_passes_on_every_sample_set(dlrm_package: Path) -> None:
     report = verify_package(dlrm_package)
     assert report, report.failure_lines()
-    assert len(report.checks) == 4
+    assert len(report.checks) == 5
     for check in report.checks:
         assert [r.sample for r in check.reports] == ["export", "batch-1", "batch-17", "batch-512"]
 
@@ -104,7 +104,7 @@ def test_verify_of_a_missing_folder(tmp_path: Path, missing: str) -> None:
 def test_own_export_replays_every_artifact(tiny_package: Path) -> None:
     report = verify_package(tiny_package)
     assert report, report.failure_lines()
-    assert [c.runtime for c in report.checks] == ["ort", "ort", "torchscript", "exported_program"]
+    assert [c.runtime for c in report.checks] == ["ort", "ort", "torchscript", "torchscript", "exported_program"]
     assert report.refused == ()
 
 
@@ -115,10 +115,10 @@ def test_foreign_package_refuses_code_loading_artifacts_unless_trusted(
     report = verify_package(tiny_package)
     assert report  # the ONNX artifacts still verify
     assert [c.artifact for c in report.checks] == ["onnx/model.onnx", "onnx_legacy/model.onnx"]
-    assert report.refused == ("torchscript/model.pt", "exported_program/model.pt2")
+    assert report.refused == ("torchscript/model.pt", "torchscript_trace/model.pt", "exported_program/model.pt2")
     assert any("pass --trust" in line for line in report.summary_lines())
     trusted = verify_package(tiny_package, trust=True)
-    assert len(trusted.checks) == 4 and trusted
+    assert len(trusted.checks) == 5 and trusted
 
 
 def test_trust_is_void_once_the_manifest_changes(tiny_package: Path, copy_of) -> None:

@@ -2,18 +2,21 @@
 
 For each batch size: inputs are drawn from the spec (or tiled from the golden export sample), eager
 runs first and is the reference; each artifact is loaded, its outputs on these inputs are checked
-against eager with the artifact's own gate, then timed until its median settles. The recommendation
-per batch is the fastest artifact that matched; artifacts whose loading runs code (TorchScript,
-``.pt2``) are candidates only on trusted hosts, and the fastest ONNX Runtime artifact is always named
-as the portable choice.
+against eager with the artifact's own gate, then timed until its median settles. ONNX artifacts are
+also timed in a session planned for this batch size (`OrtOptions.fixed_dims`), which folds shape
+arithmetic away. The candidates within `RUNOFF_MARGIN` of the fastest are then raced side by side
+(`timing.race`), so the choice between near-equal ones is not left to the host's drift between rows.
+The recommendation per batch is the fastest artifact that matched; artifacts whose loading runs code
+(TorchScript, ``.pt2``) are candidates only on trusted hosts, and the fastest ONNX Runtime artifact is
+always named as the portable choice.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +29,16 @@ from toolchain.checks import TaskCheck
 from toolchain.errors import ToolchainError
 from toolchain.package import Package, load_array, open_package
 from toolchain.parity import Tolerance, compare
+from toolchain.report import runtime_label
 from toolchain.samples import make_feed
 from toolchain.spec import ModelSpec
-from toolchain.timing import Timing, measure_stable
+from toolchain.timing import Timing, measure_stable, race
 
-__all__ = ["BenchReport", "BenchRow", "bench_package", "record_bench"]
+__all__ = ["RUNOFF_MARGIN", "BenchReport", "BenchRow", "bench_package", "record_bench"]
 
 EAGER = "eager"
+RUNOFF_MARGIN = 0.15
+"""Candidates this much slower than the fastest (measured one after another) are raced side by side."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,15 @@ class BenchRow:
     """Matched eager on this batch's inputs with the artifact's own gate (None: not checked, e.g. eager)."""
     runs_code: bool = False
     note: str = ""
+    fixed_dims: tuple[tuple[str, int], ...] = ()
+    """ONNX Runtime session planned for these sizes (feeds of other sizes are refused)."""
+    runoff: Timing | None = None
+    """This row raced side by side against the other candidates near the fastest."""
+
+    @property
+    def label(self) -> str:
+        """Runtime, with the sizes its session was planned for: ``ort[batch=16]``."""
+        return runtime_label(self.runtime, dict(self.fixed_dims))
 
     @property
     def ratio_vs_eager(self) -> float:
@@ -71,8 +86,10 @@ class BenchRow:
             "artifact": self.artifact,
             "variant": self.variant,
             "runtime": self.runtime,
+            "fixed_dims": dict(self.fixed_dims),
             "batch": self.batch,
             **self.timing.to_dict(),
+            "runoff_p50_ms": round(self.runoff.p50_ms, 4) if self.runoff else None,
             "settled": self.settled,
             "throughput_per_s": round(self.throughput, 2),
             "ratio_vs_eager": round(self.ratio_vs_eager, 3),
@@ -95,7 +112,11 @@ class BenchReport:
     notes: list[str] = field(default_factory=list)
 
     def recommended(self, batch: int, *, portable: bool = False) -> BenchRow | None:
-        """Fastest artifact that matched eager at `batch` (ONNX Runtime only when `portable`)."""
+        """Fastest artifact that matched eager at `batch` (ONNX Runtime only when `portable`).
+
+        Rows raced in the run-off are ranked by their raced medians; the others are slower than
+        all of them by more than `RUNOFF_MARGIN`, measured one after another.
+        """
         candidates = [
             r
             for r in self.rows
@@ -105,6 +126,9 @@ class BenchReport:
             and (self.trusted or not r.runs_code)
             and (not portable or r.runtime == "ort")
         ]
+        raced = [r for r in candidates if r.runoff is not None]
+        if raced:
+            return min(raced, key=lambda r: r.runoff.p50_ms if r.runoff else 0.0)
         return min(candidates, key=lambda r: r.timing.p50_ms, default=None)
 
     def recommendations(self) -> dict[str, Any]:
@@ -117,9 +141,14 @@ class BenchReport:
             out[str(batch)] = {
                 "artifact": best.artifact,
                 "runtime": best.runtime,
+                "fixed_dims": dict(best.fixed_dims),
                 "p50_ms": round(best.timing.p50_ms, 4),
                 "ratio_vs_eager": round(best.ratio_vs_eager, 3),
-                "portable": {"artifact": portable.artifact, "p50_ms": round(portable.timing.p50_ms, 4)}
+                "portable": {
+                    "artifact": portable.artifact,
+                    "fixed_dims": dict(portable.fixed_dims),
+                    "p50_ms": round(portable.timing.p50_ms, 4),
+                }
                 if portable
                 else None,
                 "host": _host(),
@@ -129,19 +158,22 @@ class BenchReport:
     def table(self) -> str:
         """Human table: one line per row, the recommendation marked."""
         head = f"{'batch':>5}  {'artifact':34} {'runtime':16} {'p50 ms':>9} {'p90':>8} {'p99':>8} {'±':>5}"
-        head += f" {'items/s':>10} {'x eager':>8} {'RSS MB':>8} {'+MB':>6}  parity"
+        head += f" {'raced':>8} {'items/s':>10} {'x eager':>8} {'RSS MB':>8} {'+MB':>6}  parity"
         lines = [head]
         for r in sorted(self.rows, key=lambda r: (r.batch, r.timing.p50_ms)):
             mark = "*" if self.recommended(r.batch) is r else " "
             parity = {None: "—", True: "ok", False: "FAIL"}[r.parity]
+            raced = f"{r.runoff.p50_ms:8.3f}" if r.runoff else f"{'—':>8}"
+            t = r.timing
             lines.append(
-                f"{r.batch:>5} {mark}{r.artifact[:34]:34} {r.runtime:16} {r.timing.p50_ms:9.3f} {r.timing.p90_ms:8.3f} "
-                f"{r.timing.p99_ms:8.3f} {r.timing.spread:5.0%} {r.throughput:10.1f} {r.ratio_vs_eager:8.2f} "
+                f"{r.batch:>5} {mark}{r.artifact[:34]:34} {r.label[:16]:16} {t.p50_ms:9.3f} {t.p90_ms:8.3f} "
+                f"{t.p99_ms:8.3f} {t.spread:5.0%} {raced} {r.throughput:10.1f} {r.ratio_vs_eager:8.2f} "
                 f"{r.rss_mb:8.0f} {r.added_mb:6.0f}  {parity}{' (' + r.note + ')' if r.note else ''}"
             )
         lines += [f"note: {n}" for n in self.notes]
         lines.append(
-            "* recommended: fastest artifact that matched eager on these inputs (code-loading ones only if trusted)"
+            "* recommended: fastest artifact that matched eager on these inputs (code-loading ones only if trusted);"
+            f" raced: p50 when the candidates within {RUNOFF_MARGIN:.0%} of the fastest ran side by side"
         )
         return "\n".join(lines)
 
@@ -184,6 +216,7 @@ def bench_package(
     trusted = trust or trust_list.is_trusted(Path(path))
     report = BenchReport(Path(path), package.name, trusted)
     model = spec.build().eval() if spec is not None else None
+    dim = _batch_dim(package, spec)
     for batch in batches:
         feeds, note = _feeds(package, spec, batch)
         if feeds is None:
@@ -194,12 +227,26 @@ def bench_package(
             expected, eager_row = _bench_eager(model, spec, feeds, batch)
             eager_ms = eager_row.timing.p50_ms
             report.rows.append(eager_row)
+        runs: dict[int, Callable[[], Any]] = {}
         for entry in package.artifacts:
-            row = _bench_artifact(package, entry, feeds, batch, expected, eager_ms, runtimes, options, trusted)
-            if row is not None:
-                progress(f"batch {batch}: {row.artifact} {row.timing}")
+            plans = (options, replace(options, fixed_dims=((dim, batch),))) if dim else (options,)
+            for row, run in _bench_artifact(package, entry, feeds, batch, expected, eager_ms, runtimes, plans, trusted):
+                progress(f"batch {batch}: {row.artifact} on {row.label} {row.timing}")
+                if row.parity and (trusted or not row.runs_code):
+                    runs[len(report.rows)] = run
                 report.rows.append(row)
+        _runoff(report.rows, runs)
     return report
+
+
+def _runoff(rows: list[BenchRow], runs: Mapping[int, Callable[[], Any]]) -> None:
+    """Race the candidates within `RUNOFF_MARGIN` of the fastest side by side; store their timings."""
+    best = min((rows[i].timing.p50_ms for i in runs), default=0.0)
+    close = [i for i in runs if rows[i].timing.p50_ms <= best * (1 + RUNOFF_MARGIN)]
+    if len(close) < 2:
+        return
+    for i, timing in zip(close, race([runs[i] for i in close], min_seconds=0.6), strict=True):
+        rows[i] = replace(rows[i], runoff=timing)
 
 
 def record_bench(report: BenchReport) -> Path:
@@ -241,13 +288,13 @@ def record_bench(report: BenchReport) -> Path:
 
 def _feeds(package: Package, spec: ModelSpec | None, batch: int) -> tuple[dict[str, np.ndarray] | None, str]:
     if spec is not None:
-        symbols = spec.symbols()
-        if not symbols:
+        sym = _batch_dim(package, spec)
+        if not sym:
             return None, "the model has no symbolic dim to size"
-        sym = "batch" if "batch" in symbols else symbols[0]
         dim = spec.dim(sym)
         if batch < dim.min or (dim.max and batch > dim.max):
             return None, f"{sym}={batch} is outside the declared range [{dim.min}, {dim.max or 'inf'}]"
+        symbols = spec.symbols()
         sizes = {s: spec.dim(s).example for s in symbols} | {sym: batch}
         rng = np.random.default_rng([0, batch])
         return {k: make_feed(inp, sizes, rng) for k, inp in spec.inputs.items()}, ""
@@ -287,44 +334,66 @@ def _bench_artifact(
     expected: Mapping[str, np.ndarray] | None,
     eager_ms: float,
     runtimes: Sequence[str],
-    options: OrtOptions,
+    plans: Sequence[OrtOptions],
     trusted: bool,
-) -> BenchRow | None:
+) -> Iterator[tuple[BenchRow, Callable[[], Any]]]:
+    """One row per session plan for ONNX files (plain, then sized for the batch), one for other formats."""
     fmt, rel = str(entry["format"]), str(entry["path"])
-    runtime = OrtRuntime(options) if fmt == "onnx" else runtime_for(fmt)
-    if runtime is None or (runtimes and runtime.name not in runtimes) or (runtime.runs_code and not trusted):
-        return None
-    before = _rss_mb()
-    try:
-        session = runtime.load(package.file(rel), signature=package.signature)
-        actual = session.run(feeds)
-    except ToolchainError as e:
-        return BenchRow(
-            rel,
-            str(entry.get("variant", "fp32")),
-            runtime.name,
-            batch,
-            Timing.of([0.0]),
-            False,
-            0,
-            0,
-            eager_ms,
-            False,
-            runtime.runs_code,
-            note=f"could not run: {e}"[:200],
-        )
-    parity = None
-    if expected is not None:
-        tolerance = Tolerance.from_dict(entry["tolerance"]) if "tolerance" in entry else package.tolerance
-        checks = tuple(TaskCheck.from_dict(c) for c in entry.get("checks", ()))
-        parity = bool(compare(expected, actual, tolerance, checks=checks))
-    timing, settled = measure_stable(lambda: session.run(feeds))
-    after = _rss_mb()
-    return BenchRow(
-        rel, str(entry.get("variant", "fp32")), runtime.name, batch, timing, settled, after,
-        max(after - before, 0.0), eager_ms, parity, runtime.runs_code,
-        note="" if settled else "median did not settle",
-    )  # fmt: skip
+    variant = str(entry.get("variant", "fp32"))
+    for options in plans if fmt == "onnx" else plans[:1]:
+        runtime = OrtRuntime(options) if fmt == "onnx" else runtime_for(fmt)
+        if runtime is None or (runtimes and runtime.name not in runtimes) or (runtime.runs_code and not trusted):
+            return
+        fixed = options.fixed_dims if fmt == "onnx" else ()
+        before = _rss_mb()
+        try:
+            session = runtime.load(package.file(rel), signature=package.signature)
+            if fixed and not _has_dims(session, fixed):
+                continue  # NOTE: ONNX Runtime ignores overrides of dims the file names otherwise.
+            actual = session.run(feeds)
+        except ToolchainError as e:
+            row = BenchRow(rel, variant, runtime.name, batch, Timing.of([0.0]), False, 0, 0, eager_ms, False,
+                           runtime.runs_code, note=f"could not run: {e}"[:200], fixed_dims=fixed)  # fmt: skip
+            yield row, lambda: None
+            continue
+        parity = None
+        if expected is not None:
+            tolerance = Tolerance.from_dict(entry["tolerance"]) if "tolerance" in entry else package.tolerance
+            checks = tuple(TaskCheck.from_dict(c) for c in entry.get("checks", ()))
+            parity = bool(compare(expected, actual, tolerance, checks=checks))
+
+        def run(session: Any = session) -> Any:
+            return session.run(feeds)
+
+        timing, settled = measure_stable(run)
+        after = _rss_mb()
+        row = BenchRow(
+            rel, variant, runtime.name, batch, timing, settled, after, max(after - before, 0.0), eager_ms,
+            parity, runtime.runs_code, note="" if settled else "median did not settle", fixed_dims=fixed,
+        )  # fmt: skip
+        yield row, run
+
+
+def _has_dims(session: Any, fixed: tuple[tuple[str, int], ...]) -> bool:
+    """True when ONNX Runtime planned the session for `fixed`: it then reports those dims as sizes."""
+    sizes = dict(fixed)
+    native = {sig.name: sig.shape for sig in session.native_signature().inputs}
+    planned = {
+        dim
+        for sig in session.signature.inputs
+        for dim, size in zip(sig.shape, native.get(sig.name, ()), strict=False)
+        if isinstance(dim, str) and sizes.get(dim) == size
+    }
+    return planned == set(sizes)
+
+
+def _batch_dim(package: Package, spec: ModelSpec | None) -> str:
+    """The symbolic dim benchmarked as the batch (``batch``, else the spec's first), "" if none."""
+    if spec is not None:
+        symbols = spec.symbols()
+        return ("batch" if "batch" in symbols else symbols[0]) if symbols else ""
+    names = {d for sig in package.signature.inputs for d in sig.shape if isinstance(d, str)}
+    return "batch" if "batch" in names else ""
 
 
 def _rss_mb() -> float:

@@ -170,6 +170,7 @@ def diagnose(
 def inspect(package: Annotated[Path, typer.Argument(help="Package folder to describe.")]) -> None:
     """Print a package's signature, artifacts and recorded parity (after checking its hashes)."""
     from toolchain.package import open_package
+    from toolchain.report import runtime_label
 
     pkg = open_package(package)
     sig = pkg.signature
@@ -191,8 +192,9 @@ def inspect(package: Annotated[Path, typer.Argument(help="Package folder to desc
         if art.get("keep"):
             typer.echo(f"           kept in fp32: {len(art['keep'])} node(s)")
     for batch, rec in pkg.manifest.get("recommended", {}).items():
+        runtime = runtime_label(rec["runtime"], rec.get("fixed_dims"))
         typer.echo(
-            f"  recommended at batch {batch}: {rec['artifact']} on {rec['runtime']} "
+            f"  recommended at batch {batch}: {rec['artifact']} on {runtime} "
             f"({rec['p50_ms']:.3f} ms, {rec['ratio_vs_eager']:.2f}x eager)"
         )
 

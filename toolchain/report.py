@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["render_markdown"]
+__all__ = ["render_markdown", "runtime_label"]
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -166,17 +166,25 @@ def _bench(report: Mapping[str, Any]) -> list[str]:
     lines += ["|---:|---|---|---:|---:|---:|---:|---:|---|"]
     for r in sorted(bench.get("rows", []), key=lambda r: (r["batch"], r["p50_ms"])):
         parity = {None: "—", True: "ok", False: "FAIL"}[r.get("parity")]
+        runtime = runtime_label(r["runtime"], r.get("fixed_dims"))
         lines.append(
-            f"| {r['batch']} | {r['artifact']} | {r['runtime']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
+            f"| {r['batch']} | {r['artifact']} | {runtime} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
             f"{r['spread']:.0%} | {r['ratio_vs_eager']:.2f} | {r['rss_mb']:.0f} | {parity} |"
         )
     for batch, rec in sorted(bench.get("recommended", {}).items(), key=lambda kv: int(kv[0])):
         portable = rec.get("portable") or {}
+        runtime = runtime_label(rec["runtime"], rec.get("fixed_dims"))
         lines.append(
-            f"\nRecommended at batch {batch}: `{rec['artifact']}` on {rec['runtime']} ({rec['p50_ms']:.3f} ms, "
+            f"\nRecommended at batch {batch}: `{rec['artifact']}` on {runtime} ({rec['p50_ms']:.3f} ms, "
             f"{rec['ratio_vs_eager']:.2f}x eager); portable: `{portable.get('artifact', '—')}`."
         )
     return lines
+
+
+def runtime_label(runtime: str, fixed_dims: Mapping[str, int] | None) -> str:
+    """``ort``, or ``ort[batch=16]`` for a session planned for that size."""
+    fixed = ",".join(f"{k}={v}" for k, v in (fixed_dims or {}).items())
+    return f"{runtime}[{fixed}]" if fixed else runtime
 
 
 def _where(sizes: Mapping[str, int]) -> str:

@@ -31,7 +31,7 @@ __all__ = [
 
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
 DOMAINS = ("normal", "uniform", "ids", "mask", "padding_mask", "offsets")
-FORMATS = ("onnx", "onnx_legacy", "torchscript", "exported_program")
+FORMATS = ("onnx", "onnx_legacy", "torchscript", "torchscript_trace", "exported_program")
 """Every export path, in the order they are tried."""
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

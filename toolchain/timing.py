@@ -1,6 +1,6 @@
 """Latency measurement: warm-up, then timed runs until enough time has passed, reported as percentiles.
 
-`race` interleaves its candidates run by run, so a drift in the host's speed (another process, a
+`race` interleaves its candidates in short blocks, so a drift in the host's speed (another process, a
 frequency change) lands on all of them alike and their ratio stays honest.
 """
 
@@ -60,20 +60,38 @@ def race(
     min_runs: int = 10,
     min_seconds: float = 0.2,
     max_runs: int = 2000,
+    block_seconds: float = 0.2,
+    pause_seconds: float = 0.005,
 ) -> list[Timing]:
-    """Time several callables interleaved (a, b, a, b, ...) until each has `min_runs` and `min_seconds`."""
+    """Time several callables in interleaved blocks until each has `min_runs` and `min_seconds` timed.
+
+    Each turn a candidate runs for a block of at least `block_seconds` (one run at least); before each
+    block the host rests `pause_seconds` and the candidate runs once untimed. Switching candidates run
+    by run was measured unfair on this 2-core host: thread pools (ONNX Runtime's, OpenMP's) keep
+    spinning after a call and caches hold the previous candidate's weights, so a ResNet timed 2-5x
+    slower behind other sessions than alone; with 0.2 s blocks the raced medians match the ones
+    measured alone. Blocks still alternate, so a drift in the host's speed lands on all candidates.
+    """
     for fn in fns:
         for _ in range(warmup):
             fn()
     times: list[list[float]] = [[] for _ in fns]
     spent = [0.0 for _ in fns]
-    while len(times[0]) < max_runs and (len(times[0]) < min_runs or min(spent) < min_seconds):
+    while len(times[0]) < max_runs and (min(len(t) for t in times) < min_runs or min(spent) < min_seconds):
         for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            elapsed = time.perf_counter() - start
-            times[i].append(elapsed)
-            spent[i] += elapsed
+            if len(fns) > 1:
+                time.sleep(pause_seconds)
+                fn()
+            block = 0.0
+            while True:
+                start = time.perf_counter()
+                fn()
+                elapsed = time.perf_counter() - start
+                times[i].append(elapsed)
+                block += elapsed
+                if block >= block_seconds or len(times[i]) >= max_runs:
+                    break
+            spent[i] += block
     return [Timing.of(t) for t in times]
 
 

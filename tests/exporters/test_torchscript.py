@@ -144,3 +144,21 @@ def test_model_that_neither_scripts_nor_traces_is_an_export_error(tmp_path: Path
     ):
         _export(spec, tmp_path)
     assert not (tmp_path / "torchscript/model.pt").exists()
+
+
+def test_the_trace_path_traces_a_scriptable_model_and_says_so(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = TINY.build().eval()
+    exporter = TorchScriptExporter(trace=True)
+    artifact = exporter.export(model, TINY, generate_samples(TINY)[0], tmp_path)
+    assert exporter.name == "torchscript_trace" and artifact.format == "torchscript"
+    assert artifact.path == "torchscript_trace/model.pt" and artifact.exporter == "torch.jit.trace"
+    kinds = {f.kind for f in artifact.findings}
+    assert "traced" in kinds and "script-failed" not in kinds
+    _assert_matches_eager(TINY, model, tmp_path / artifact.path, 2)
+
+
+def test_a_model_that_does_not_trace_is_an_export_error_on_the_trace_path(tmp_path: Path) -> None:
+    spec = _spec(Untraceable, "test.untraceable")
+    with pytest.raises(ExportError, match=r"test.untraceable: torch.jit.trace failed: "):
+        TorchScriptExporter(trace=True).export(spec.build().eval(), spec, generate_samples(spec)[0], tmp_path)

@@ -7,7 +7,7 @@ import pytest
 
 from runtimes import RUNTIMES, runtime_for
 from runtimes.ort import OrtOptions, OrtRuntime, resolve_providers
-from toolchain.errors import FeedError, RuntimeLoadError
+from toolchain.errors import FeedError, InferenceError, RuntimeLoadError
 from toolchain.package import open_package
 
 
@@ -96,3 +96,21 @@ def test_a_checked_feed_layout_does_not_hide_a_wrong_one_later(tiny_package: Pat
         session.run({"x": np.ones((2, 4), np.float64)})
     with pytest.raises(FeedError, match="input 'x'"):
         session.run({"x": np.ones((2, 5), np.float32)})
+
+
+def test_a_session_planned_for_one_batch_refuses_others_rather_than_run_them(tiny_package: Path) -> None:
+    package = open_package(tiny_package)
+    free = OrtRuntime().load(tiny_package / "onnx/model.onnx", signature=package.signature)
+    planned = OrtRuntime(OrtOptions(fixed_dims=(("batch", 3),))).load(
+        tiny_package / "onnx/model.onnx", signature=package.signature
+    )
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(planned.run({"x": x})["y"], free.run({"x": x})["y"])
+    with pytest.raises(InferenceError, match="ONNX Runtime failed"):
+        planned.run({"x": np.ones((2, 4), np.float32)})
+
+
+def test_feeds_in_another_order_or_dtype_are_checked_again(session) -> None:
+    session.run({"x": np.ones((2, 4), np.float32)})
+    with pytest.raises(FeedError, match="got float64"):
+        session.run({"x": np.ones((2, 4), np.float64)})

@@ -61,4 +61,4 @@ def test_zoo_command_lists_params_flops_tags_and_paths() -> None:
     assert "135k" in lines["feed.dlrm_small"]  # parameters
     assert "22.4M" in lines["image.cnn_small"]  # FLOPs at the export size
     assert "ranking,feed" in lines["feed.dlrm_small"]
-    assert "onnx,onnx_legacy,torchscript,exported_program" in lines["feed.dlrm_small"]
+    assert "onnx,onnx_legacy,torchscript,torchscript_trace,exported_program" in lines["feed.dlrm_small"]
