@@ -2,9 +2,11 @@
 
 Per zoo model and batch size (1 and 16 by default): export a package (every path, fp16 and int8),
 let `toolchain.bench` recommend the fastest artifact that matches eager (trusted host: TorchScript
-and .pt2 count), then race it side by side, run by run, against
+and .pt2 count), then race it side by side, in alternating blocks, against
   eager PyTorch, torch.jit trace + freeze + optimize_for_inference, torch.compile (inductor,
   freezing=True) and ONNX Runtime on a plain torch.onnx.export with default session options.
+The plain export is static (every dim at the benchmarked size); so are the ONNX Runtime sessions `bench` plans here
+(``plan="shape"``), from artifacts that were verified at every declared size.
 Prints latency ratios peer / recommended (>= 1.0: the recommendation is at least as fast), the ratio
 against the fastest peer, and the median over the zoo. 2 threads for torch and ONNX Runtime.
 Run: ``python bench/peers.py [--batch 1,16] [name ...]``.
@@ -32,7 +34,7 @@ from toolchain.package import open_package
 from toolchain.pipeline import export_package
 from toolchain.samples import make_feed
 from toolchain.spec import SPECS, ModelSpec
-from toolchain.timing import race
+from toolchain.timing import Timing, paired_ratio, race
 
 THREADS = 2
 PEERS = ("eager", "jit-frozen", "compile-frozen", "ort-plain")
@@ -87,7 +89,8 @@ def _peers(model: Any, spec: ModelSpec, feeds: dict[str, np.ndarray], tmp: Path)
 
 
 def _recommended(pkg: Path, spec: ModelSpec, batch: int) -> tuple[str, Callable[[], Any]] | None:
-    report = bench_package(pkg, spec=spec, batches=(batch,), options=OrtOptions(intra_op_threads=THREADS), trust=True)
+    options = OrtOptions(intra_op_threads=THREADS)
+    report = bench_package(pkg, spec=spec, batches=(batch,), options=options, plan="shape", trust=True)
     best = report.recommended(batch)
     if best is None:
         return None
@@ -102,6 +105,16 @@ def _recommended(pkg: Path, spec: ModelSpec, batch: int) -> tuple[str, Callable[
     return f"{best.artifact} ({best.label})", lambda: session.run(feeds)
 
 
+def _interval(peer: Timing, ours: Timing) -> tuple[float, float]:
+    """95% bootstrap interval of the median per-round ratio peer / ours: how sure the ratio is."""
+    rounds = min(len(peer.blocks), len(ours.blocks))
+    ratios = np.asarray(peer.blocks[:rounds]) / np.asarray(ours.blocks[:rounds])
+    rng = np.random.default_rng(0)
+    medians = np.median(rng.choice(ratios, size=(2000, rounds)), axis=1)
+    low, high = np.percentile(medians, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def main() -> None:
     """Export, recommend, race against the peers, print ratios."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -110,8 +123,12 @@ def main() -> None:
     parsed = parser.parse_args()
     torch.set_num_threads(THREADS)
     batches = [int(b) for b in parsed.batch.split(",")]
-    against_best: list[float] = []
-    print(f"{'model':26} {'batch':>5}  {'recommended':44} " + " ".join(f"{p:>14}" for p in PEERS) + f" {'vs best':>8}")
+    against_best: list[tuple[float, float, float]] = []
+    print(
+        f"{'model':26} {'batch':>5}  {'recommended':56} "
+        + " ".join(f"{p:>14}" for p in PEERS)
+        + f" {'vs best':>8}  95% interval"
+    )
     for name in parsed.names or SPECS.names():
         spec = SPECS.get(name)
         model = spec.build().eval()
@@ -130,18 +147,23 @@ def main() -> None:
                     continue
                 label, run = chosen
                 peers = _peers(model, spec, _feeds(spec, batch), Path(tmp))
-                timings = race([run, *peers.values()], min_seconds=1.0, warmup=5)
-                ours = timings[0].p50_ms
-                ratios = {p: t.p50_ms / ours for p, t in zip(peers, timings[1:], strict=True)}
-                best = min(ratios.values())
-                against_best.append(best)
+                timings = race([run, *peers.values()], min_seconds=3.0, min_rounds=30, warmup=5)
+                ours = timings[0]
+                ratios = {p: paired_ratio(t, ours) for p, t in zip(peers, timings[1:], strict=True)}
+                fastest = min(ratios, key=ratios.__getitem__)
+                best, (low, high) = ratios[fastest], _interval(timings[1 + list(peers).index(fastest)], ours)
+                against_best.append((best, low, high))
                 cells = " ".join(f"{ratios[p]:14.2f}" if p in ratios else f"{'—':>14}" for p in PEERS)
-                print(f"{name:26} {batch:>5}  {label[:44]:44} {cells} {best:8.2f}   ({ours:.3f} ms)", flush=True)
+                tail = f"{best:8.2f}  [{low:.2f}, {high:.2f}]  ({ours.p50_ms:.3f} ms)"
+                print(f"{name:26} {batch:>5}  {label[:56]:56} {cells} {tail}", flush=True)
     if against_best:
-        median = statistics.median(against_best)
+        median = statistics.median(r for r, _, _ in against_best)
         print(f"median ratio against the fastest peer: {median:.2f} over {len(against_best)} rows")
-        print(f"rows below 1.0: {sum(r < 1.0 for r in against_best)}")
-    print("ratio = peer median latency / recommended median latency, raced run by run (>= 1.0: recommended is as fast)")
+        below, sure = sum(r < 1.0 for r, _, _ in against_best), sum(high < 1.0 for _, _, high in against_best)
+        print(f"rows below 1.0: {below}, of which {sure} with the whole 95% interval below 1.0")
+    print("ratio = peer / recommended latency: median over race rounds of the two block medians' ratio")
+    print("(>= 1.0: recommended is as fast); interval: 95% bootstrap interval of that median ratio")
+    print("ort[...]: session planned for the benchmarked shape, like the plain export (other sizes are refused)")
 
 
 if __name__ == "__main__":

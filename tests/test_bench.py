@@ -1,16 +1,26 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+from torch import nn
 from typer.testing import CliRunner
 
+from runtimes.ort import OrtOptions, OrtRuntime
 from tests.conftest import TINY
 from toolchain.bench import BenchReport, BenchRow, _runoff, bench_package, record_bench
 from toolchain.cli import app
+from toolchain.errors import InferenceError, TargetError
+from toolchain.package import open_package
+from toolchain.pipeline import export_package
+from toolchain.spec import Dim, Input, ModelSpec
 from toolchain.timing import Timing
 from toolchain.verify import verify_package
 
@@ -37,7 +47,7 @@ def test_the_recommendation_is_the_fastest_artifact_that_matched() -> None:
     assert rec["ratio_vs_eager"] == round(2.0 / 0.7, 3)
 
 
-def test_raced_candidates_are_ranked_by_their_raced_medians() -> None:
+def test_raced_candidates_are_ranked_by_their_paired_raced_ratio() -> None:
     report = BenchReport(Path("pkg"), "m", trusted=False)
     report.rows = [
         _row("onnx/model.onnx", "ort", 0.90),
@@ -47,8 +57,8 @@ def test_raced_candidates_are_ranked_by_their_raced_medians() -> None:
     ]
     assert report.recommended(1) is report.rows[0]
     # side by side the planned session won: the run-off decides between the two near-equal ones
-    report.rows[0] = replace(report.rows[0], runoff=Timing.of([1.0e-3] * 3))
-    report.rows[1] = replace(report.rows[1], runoff=Timing.of([0.8e-3] * 3))
+    report.rows[0] = replace(report.rows[0], runoff=Timing.of([1.0e-3] * 3), runoff_ratio=1.25)
+    report.rows[1] = replace(report.rows[1], runoff=Timing.of([0.8e-3] * 3), runoff_ratio=1.0)
     best = report.recommended(1)
     assert best is report.rows[1] and best.label == "ort[batch=1]"
     rec = report.recommendations()["1"]
@@ -66,6 +76,7 @@ def test_the_runoff_races_only_the_candidates_near_the_fastest() -> None:
     _runoff(rows, {0: run("a"), 1: run("b"), 2: run("c")})  # d failed parity: never a candidate
     assert rows[0].runoff is not None and rows[1].runoff is not None
     assert rows[2].runoff is None and rows[3].runoff is None and calls["c"] == 0
+    assert min(r.runoff_ratio or 9.0 for r in rows[:2]) <= 1.0 <= max(r.runoff_ratio or 0.0 for r in rows[:2])
     assert calls["a"] >= 10 and calls["b"] >= 10
     alone = [_row("a", "ort", 1.0)]
     _runoff(alone, {0: run("a")})
@@ -108,3 +119,73 @@ def test_bench_command_prints_the_table_and_writes_json(tiny_package: Path, tmp_
     assert "recommended" not in json.loads((pkg / "manifest.json").read_text())
     result = CliRunner().invoke(app, ["bench", str(pkg), "--batch", "one"])
     assert result.exit_code == 1 and "--batch must be comma-separated integers" in result.output
+
+
+class _PoolSeq(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.reshape(x.shape[0], x.shape[1], 4).mean(dim=1))
+
+
+SEQ = ModelSpec(
+    name="test.pool_seq",
+    factory=_PoolSeq,
+    inputs={"x": Input.normal(("batch", "seq", 4))},
+    outputs=("y",),
+    dims={"batch": Dim(example=2), "seq": Dim(example=5, min=1, max=16)},
+)
+
+
+def test_plan_shape_fixes_every_dim_at_the_sizes_asked_for(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    assert export_package(SEQ, pkg, formats=("onnx",), optimize=False)
+    report = bench_package(pkg, spec=SEQ, batches=(3,), runtimes=("ort",), sizes={"seq": 7}, plan="shape")
+    assert report.sizes == {3: {"batch": 3, "seq": 7}}
+    planned = [r for r in report.rows if r.fixed_dims]
+    assert planned and all(r.fixed_dims == (("batch", 3), ("seq", 7)) and r.parity for r in planned)
+    assert planned[0].label == "ort[batch=3,seq=7]"
+    assert report.recommendations()["3"]["sizes"] == {"batch": 3, "seq": 7}
+    assert "refuse every other size" in report.table()
+    runtime = OrtRuntime(OrtOptions(fixed_dims=planned[0].fixed_dims))
+    session = runtime.load(pkg / planned[0].artifact, signature=open_package(pkg).signature)
+    with pytest.raises(InferenceError):  # planned for seq=7: another length is refused, never run wrongly
+        session.run({"x": np.zeros((3, 6, 4), np.float32)})
+    default = bench_package(pkg, spec=SEQ, batches=(3,), runtimes=("ort",))
+    assert {r.fixed_dims for r in default.rows if r.fixed_dims} == {(("batch", 3),)}
+    assert default.sizes == {3: {"batch": 3, "seq": 5}}  # the spec's example
+
+
+@pytest.mark.parametrize(
+    ("sizes", "plan", "message"),
+    [
+        ({"frames": 3}, "batch", "size 'frames': not a symbolic dim other than the batch; the model has ['seq']"),
+        ({"batch": 3}, "batch", "size 'batch': not a symbolic dim other than the batch"),
+        ({"seq": 17}, "batch", "size seq=17 is outside the declared range [1, 16]"),
+        ({}, "all", "plan must be one of batch, shape, got 'all'"),
+    ],
+)
+def test_bad_sizes_and_plans_are_refused_by_name(
+    tiny_package: Path, sizes: dict[str, int], plan: str, message: str
+) -> None:
+    with pytest.raises(TargetError, match=re.escape(message)):
+        bench_package(tiny_package, spec=SEQ, batches=(1,), sizes=sizes, plan=plan)
+
+
+def test_bench_command_rejects_a_malformed_size(tiny_package: Path) -> None:
+    result = CliRunner().invoke(app, ["bench", str(tiny_package), "--size", "seq:128"])
+    assert result.exit_code == 1 and "--size items must look like seq=128, got 'seq:128'" in result.output
+    result = CliRunner().invoke(app, ["bench", str(tiny_package), "--size", "seq=4", "--no-record"])
+    assert result.exit_code == 1 and "need the model's spec" in result.output
+
+
+def test_a_less_exact_variant_must_be_faster_beyond_the_tie_margin() -> None:
+    report = BenchReport(Path("pkg"), "m", trusted=False)
+    fp16 = replace(_row("onnx/model.fp16.onnx", "ort", 0.99), variant="fp16")
+    int8 = replace(_row("onnx/model.int8-dynamic.onnx", "ort", 0.90), variant="int8-dynamic")
+    report.rows = [_row("onnx/model.onnx", "ort", 1.0), fp16, int8]
+    assert report.recommended(1) is int8  # 10% faster: worth its precision
+    report.rows[2] = replace(int8, timing=Timing.of([0.985e-3] * 3))
+    assert report.recommended(1) is report.rows[0]  # fp16 and int8 within 3% of fp32: fp32

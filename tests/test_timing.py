@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import itertools
 
-from toolchain.timing import race
+import pytest
+
+from toolchain.timing import Timing, paired_ratio, race
 
 
 def test_race_times_each_candidate_in_blocks_after_one_untimed_run() -> None:
@@ -15,7 +17,7 @@ def test_race_times_each_candidate_in_blocks_after_one_untimed_run() -> None:
         block_seconds=0.0005,
         pause_seconds=0.0,
     )
-    assert [t.runs for t in timings] == [timings[0].runs] * 2 and timings[0].runs >= 10
+    assert all(t.runs >= 10 and len(t.blocks) >= 3 for t in timings)
     blocks = [(name, len(list(group))) for name, group in itertools.groupby(order[4:])]
     assert {name for name, _ in blocks} == {"a", "b"}
     assert all(size >= 2 for _, size in blocks)  # the untimed settling run, then at least one timed
@@ -26,3 +28,23 @@ def test_a_single_candidate_is_timed_without_pauses_or_settling_runs() -> None:
     calls: list[int] = []
     (timing,) = race([lambda: calls.append(1)], warmup=1, min_runs=5, min_seconds=0.0, block_seconds=0.0)
     assert len(calls) == 1 + timing.runs and timing.runs >= 5
+
+
+def test_every_candidate_gets_several_rounds_however_fast_it_is() -> None:
+    # a fast candidate used to fill its whole run budget in its first block: one block, no interleaving
+    timings = race([lambda: None, lambda: None], min_seconds=0.02, min_rounds=4, pause_seconds=0.0)
+    assert all(len(t.blocks) >= 4 for t in timings)
+    assert timings[0].runs > 10 * len(timings[0].blocks)  # blocks of many runs, not run by run
+
+
+def test_the_paired_ratio_cancels_drift_that_pooled_medians_do_not() -> None:
+    # b is 10% slower than a; the host slowed 3x from round 3 on, just after a's block of that round
+    a = _blocks([1.0, 1.0, 1.0, 3.0, 3.0])
+    b = _blocks([1.1, 1.1, 3.3, 3.3, 3.3])
+    assert paired_ratio(b, a) == pytest.approx(1.1)
+    assert b.p50_ms / a.p50_ms == pytest.approx(3.3)  # pooled medians blame b for the host
+    assert paired_ratio(Timing.of([2e-3] * 3), Timing.of([1e-3] * 3)) == pytest.approx(2.0)  # no blocks
+
+
+def _blocks(ms: list[float]) -> Timing:
+    return Timing.of([m / 1e3 for m in ms], blocks=[[m / 1e3] for m in ms])

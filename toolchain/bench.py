@@ -4,8 +4,11 @@ For each batch size: inputs are drawn from the spec (or tiled from the golden ex
 runs first and is the reference; each artifact is loaded, its outputs on these inputs are checked
 against eager with the artifact's own gate, then timed until its median settles. ONNX artifacts are
 also timed in a session planned for this batch size (`OrtOptions.fixed_dims`), which folds shape
-arithmetic away. The candidates within `RUNOFF_MARGIN` of the fastest are then raced side by side
-(`timing.race`), so the choice between near-equal ones is not left to the host's drift between rows.
+arithmetic away; with ``plan="shape"`` the session is planned for the whole benchmarked shape (every
+symbolic dim at its benchmarked size, as a server that pads to fixed buckets would run it): faster
+still on graphs whose other dims feed shape arithmetic, and it refuses every other size. The
+candidates within `RUNOFF_MARGIN` of the fastest are then raced side by side (`timing.race`), so
+the choice between near-equal ones is not left to the host's drift between rows.
 The recommendation per batch is the fastest artifact that matched; artifacts whose loading runs code
 (TorchScript, ``.pt2``) are candidates only on trusted hosts, and the fastest ONNX Runtime artifact is
 always named as the portable choice.
@@ -26,19 +29,24 @@ from runtimes import runtime_for
 from runtimes.ort import OrtOptions, OrtRuntime
 from toolchain import trust as trust_list
 from toolchain.checks import TaskCheck
-from toolchain.errors import ToolchainError
+from toolchain.errors import TargetError, ToolchainError
 from toolchain.package import Package, load_array, open_package
 from toolchain.parity import Tolerance, compare
 from toolchain.report import runtime_label
 from toolchain.samples import make_feed
 from toolchain.spec import ModelSpec
-from toolchain.timing import Timing, measure_stable, race
+from toolchain.timing import Timing, measure_stable, paired_ratio, race
 
-__all__ = ["RUNOFF_MARGIN", "BenchReport", "BenchRow", "bench_package", "record_bench"]
+__all__ = ["PLANS", "RUNOFF_MARGIN", "BenchReport", "BenchRow", "bench_package", "record_bench"]
 
 EAGER = "eager"
-RUNOFF_MARGIN = 0.15
+RUNOFF_MARGIN = 0.5
 """Candidates this much slower than the fastest (measured one after another) are raced side by side."""
+TIE_MARGIN = 0.03
+"""A less exact variant (fp16, int8) is recommended only when faster than the more exact one by this."""
+_EXACTNESS = {"fp32": 0, "fp16": 1, "int8": 2}
+PLANS = ("batch", "shape")
+"""What a planned ONNX Runtime session fixes: the batch size only, or every symbolic dim."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,8 @@ class BenchRow:
     """ONNX Runtime session planned for these sizes (feeds of other sizes are refused)."""
     runoff: Timing | None = None
     """This row raced side by side against the other candidates near the fastest."""
+    runoff_ratio: float | None = None
+    """Its latency in the run-off over the fastest raced one's, paired round by round (`paired_ratio`)."""
 
     @property
     def label(self) -> str:
@@ -90,6 +100,7 @@ class BenchRow:
             "batch": self.batch,
             **self.timing.to_dict(),
             "runoff_p50_ms": round(self.runoff.p50_ms, 4) if self.runoff else None,
+            "runoff_ratio": round(self.runoff_ratio, 4) if self.runoff_ratio is not None else None,
             "settled": self.settled,
             "throughput_per_s": round(self.throughput, 2),
             "ratio_vs_eager": round(self.ratio_vs_eager, 3),
@@ -110,12 +121,18 @@ class BenchReport:
     trusted: bool
     rows: list[BenchRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    plan: str = "batch"
+    sizes: dict[int, dict[str, int]] = field(default_factory=dict)
+    """Per batch size: the size of every symbolic dim in the benchmarked inputs."""
 
     def recommended(self, batch: int, *, portable: bool = False) -> BenchRow | None:
         """Fastest artifact that matched eager at `batch` (ONNX Runtime only when `portable`).
 
-        Rows raced in the run-off are ranked by their raced medians; the others are slower than
-        all of them by more than `RUNOFF_MARGIN`, measured one after another.
+        Rows raced in the run-off are ranked by their paired ratio to the fastest raced one; the
+        others are slower than all of them by more than `RUNOFF_MARGIN`, measured one after another.
+        Within `TIE_MARGIN` of the fastest the most exact variant wins (fp32, then fp16, then int8):
+        on a CPU fp16 is rarely faster, and trading precision for a gain inside the host's noise is
+        not a trade.
         """
         candidates = [
             r
@@ -126,10 +143,10 @@ class BenchReport:
             and (self.trusted or not r.runs_code)
             and (not portable or r.runtime == "ort")
         ]
-        raced = [r for r in candidates if r.runoff is not None]
+        raced = [r for r in candidates if r.runoff_ratio is not None]
         if raced:
-            return min(raced, key=lambda r: r.runoff.p50_ms if r.runoff else 0.0)
-        return min(candidates, key=lambda r: r.timing.p50_ms, default=None)
+            return _most_exact_of_fastest(raced, lambda r: r.runoff_ratio or 0.0)
+        return _most_exact_of_fastest(candidates, lambda r: r.timing.p50_ms) if candidates else None
 
     def recommendations(self) -> dict[str, Any]:
         """Manifest form: batch -> fastest and portable choice with the numbers behind them."""
@@ -144,6 +161,7 @@ class BenchReport:
                 "fixed_dims": dict(best.fixed_dims),
                 "p50_ms": round(best.timing.p50_ms, 4),
                 "ratio_vs_eager": round(best.ratio_vs_eager, 3),
+                "sizes": self.sizes.get(batch, {}),
                 "portable": {
                     "artifact": portable.artifact,
                     "fixed_dims": dict(portable.fixed_dims),
@@ -158,12 +176,13 @@ class BenchReport:
     def table(self) -> str:
         """Human table: one line per row, the recommendation marked."""
         head = f"{'batch':>5}  {'artifact':34} {'runtime':16} {'p50 ms':>9} {'p90':>8} {'p99':>8} {'±':>5}"
-        head += f" {'raced':>8} {'items/s':>10} {'x eager':>8} {'RSS MB':>8} {'+MB':>6}  parity"
+        head += f" {'raced':>8} {'/best':>5} {'items/s':>10} {'x eager':>8} {'RSS MB':>8} {'+MB':>6}  parity"
         lines = [head]
         for r in sorted(self.rows, key=lambda r: (r.batch, r.timing.p50_ms)):
             mark = "*" if self.recommended(r.batch) is r else " "
             parity = {None: "—", True: "ok", False: "FAIL"}[r.parity]
             raced = f"{r.runoff.p50_ms:8.3f}" if r.runoff else f"{'—':>8}"
+            raced += f" {r.runoff_ratio:5.2f}" if r.runoff_ratio is not None else f" {'—':>5}"
             t = r.timing
             lines.append(
                 f"{r.batch:>5} {mark}{r.artifact[:34]:34} {r.label[:16]:16} {t.p50_ms:9.3f} {t.p90_ms:8.3f} "
@@ -171,9 +190,12 @@ class BenchReport:
                 f"{r.rss_mb:8.0f} {r.added_mb:6.0f}  {parity}{' (' + r.note + ')' if r.note else ''}"
             )
         lines += [f"note: {n}" for n in self.notes]
+        if self.plan == "shape":
+            lines.append("note: ort[...] sessions are planned for the benchmarked shape and refuse every other size")
         lines.append(
             "* recommended: fastest artifact that matched eager on these inputs (code-loading ones only if trusted);"
-            f" raced: p50 when the candidates within {RUNOFF_MARGIN:.0%} of the fastest ran side by side"
+            f" raced: p50 when the candidates within {RUNOFF_MARGIN:.0%} of the fastest ran side by side,"
+            " /best: over the fastest of them, paired round by round (the ranking)"
         )
         return "\n".join(lines)
 
@@ -183,6 +205,8 @@ class BenchReport:
             "package": str(self.package),
             "model": self.model,
             "trusted": self.trusted,
+            "plan": self.plan,
+            "sizes": {str(b): s for b, s in self.sizes.items()},
             "host": _host(),
             "rows": [r.to_dict() for r in self.rows],
             "recommended": self.recommendations(),
@@ -197,6 +221,8 @@ def bench_package(
     batches: Sequence[int] = (1, 16),
     runtimes: Sequence[str] = (),
     options: OrtOptions = OrtOptions(),  # noqa: B008 - frozen, shared safely
+    sizes: Mapping[str, int] | None = None,
+    plan: str = "batch",
     trust: bool = False,
     progress: Callable[[str], None] = lambda message: None,
 ) -> BenchReport:
@@ -209,19 +235,28 @@ def bench_package(
         batches: batch sizes (the spec's ``batch`` dim, else its first symbolic dim).
         runtimes: restrict to these runtime names (``ort``, ``torchscript``, ``exported_program``).
         options: ONNX Runtime session options (provider, threads, ...).
+        sizes: sizes of the other symbolic dims to benchmark at (default: the spec's examples);
+            needs `spec`.
+        plan: ``"batch"``: ONNX files are also timed in sessions planned for each batch size;
+            ``"shape"``: planned for the whole benchmarked shape (see `PLANS`).
         trust: load code-running artifacts even if this machine did not export the package.
         progress: receives one line per row.
     """
+    if plan not in PLANS:
+        raise TargetError(f"plan must be one of {', '.join(PLANS)}, got {plan!r}")
     package = open_package(Path(path))
     trusted = trust or trust_list.is_trusted(Path(path))
-    report = BenchReport(Path(path), package.name, trusted)
+    report = BenchReport(Path(path), package.name, trusted, plan=plan)
     model = spec.build().eval() if spec is not None else None
     dim = _batch_dim(package, spec)
+    _check_sizes(spec, dim, sizes or {})
     for batch in batches:
-        feeds, note = _feeds(package, spec, batch)
+        feeds, note = _feeds(package, spec, batch, sizes or {})
         if feeds is None:
             report.notes.append(f"batch {batch}: {note}")
             continue
+        shape = report.sizes[batch] = _shape_of(package, feeds)
+        fixed = ((dim, batch),) if plan == "batch" else ((dim, batch), *((k, v) for k, v in shape.items() if k != dim))
         expected, eager_ms = (None, 0.0)
         if model is not None:
             expected, eager_row = _bench_eager(model, spec, feeds, batch)
@@ -229,7 +264,7 @@ def bench_package(
             report.rows.append(eager_row)
         runs: dict[int, Callable[[], Any]] = {}
         for entry in package.artifacts:
-            plans = (options, replace(options, fixed_dims=((dim, batch),))) if dim else (options,)
+            plans = (options, replace(options, fixed_dims=fixed)) if dim else (options,)
             for row, run in _bench_artifact(package, entry, feeds, batch, expected, eager_ms, runtimes, plans, trusted):
                 progress(f"batch {batch}: {row.artifact} on {row.label} {row.timing}")
                 if row.parity and (trusted or not row.runs_code):
@@ -239,14 +274,23 @@ def bench_package(
     return report
 
 
+def _most_exact_of_fastest(rows: Sequence[BenchRow], latency: Callable[[BenchRow], float]) -> BenchRow:
+    """The fastest row, unless a more exact variant is within `TIE_MARGIN` of it."""
+    fastest = latency(min(rows, key=latency))
+    near = [r for r in rows if latency(r) <= fastest * (1 + TIE_MARGIN)]
+    return min(near, key=lambda r: (_EXACTNESS.get(r.variant.split("-")[0], 3), latency(r)))
+
+
 def _runoff(rows: list[BenchRow], runs: Mapping[int, Callable[[], Any]]) -> None:
     """Race the candidates within `RUNOFF_MARGIN` of the fastest side by side; store their timings."""
     best = min((rows[i].timing.p50_ms for i in runs), default=0.0)
     close = [i for i in runs if rows[i].timing.p50_ms <= best * (1 + RUNOFF_MARGIN)]
     if len(close) < 2:
         return
-    for i, timing in zip(close, race([runs[i] for i in close], min_seconds=0.6), strict=True):
-        rows[i] = replace(rows[i], runoff=timing)
+    timings = race([runs[i] for i in close], min_seconds=1.0, min_rounds=10)
+    fastest = min(timings, key=lambda t: t.p50_ms)
+    for i, timing in zip(close, timings, strict=True):
+        rows[i] = replace(rows[i], runoff=timing, runoff_ratio=paired_ratio(timing, fastest))
 
 
 def record_bench(report: BenchReport) -> Path:
@@ -286,7 +330,33 @@ def record_bench(report: BenchReport) -> Path:
     return committed
 
 
-def _feeds(package: Package, spec: ModelSpec | None, batch: int) -> tuple[dict[str, np.ndarray] | None, str]:
+def _check_sizes(spec: ModelSpec | None, batch_dim: str, sizes: Mapping[str, int]) -> None:
+    """`TargetError` naming the first size that is not another symbolic dim of `spec` in its range."""
+    if sizes and spec is None:
+        raise TargetError(f"sizes {dict(sizes)} need the model's spec to draw inputs from; register the model")
+    for name, size in sizes.items():
+        if spec is None or name not in spec.symbols() or name == batch_dim:
+            others = [s for s in (spec.symbols() if spec else ()) if s != batch_dim]
+            raise TargetError(f"size {name!r}: not a symbolic dim other than the batch; the model has {others}")
+        dim = spec.dim(name)
+        if size < dim.min or (dim.max and size > dim.max):
+            raise TargetError(f"size {name}={size} is outside the declared range [{dim.min}, {dim.max or 'inf'}]")
+
+
+def _shape_of(package: Package, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """Every symbolic dim of the package's inputs -> its size in `feeds`, in signature order."""
+    return {
+        dim: int(feeds[sig.name].shape[axis])
+        for sig in package.signature.inputs
+        if sig.name in feeds
+        for axis, dim in enumerate(sig.shape)
+        if isinstance(dim, str)
+    }
+
+
+def _feeds(
+    package: Package, spec: ModelSpec | None, batch: int, sizes: Mapping[str, int]
+) -> tuple[dict[str, np.ndarray] | None, str]:
     if spec is not None:
         sym = _batch_dim(package, spec)
         if not sym:
@@ -295,9 +365,9 @@ def _feeds(package: Package, spec: ModelSpec | None, batch: int) -> tuple[dict[s
         if batch < dim.min or (dim.max and batch > dim.max):
             return None, f"{sym}={batch} is outside the declared range [{dim.min}, {dim.max or 'inf'}]"
         symbols = spec.symbols()
-        sizes = {s: spec.dim(s).example for s in symbols} | {sym: batch}
+        every = {s: spec.dim(s).example for s in symbols} | dict(sizes) | {sym: batch}
         rng = np.random.default_rng([0, batch])
-        return {k: make_feed(inp, sizes, rng) for k, inp in spec.inputs.items()}, ""
+        return {k: make_feed(inp, every, rng) for k, inp in spec.inputs.items()}, ""
     sample = package.samples[0]
     feeds = {k: load_array(package.file(str(rel))) for k, rel in sample["inputs"].items()}
     if "batch" not in package.manifest.get("dims", {}):

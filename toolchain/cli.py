@@ -232,6 +232,15 @@ def bench(
         str, typer.Option("--provider", help="ONNX Runtime execution provider: cpu, cuda, tensorrt, coreml, ...")
     ] = "cpu",
     threads: Annotated[int, typer.Option("--threads", help="Threads per op for ONNX Runtime (0: its default).")] = 0,
+    size: Annotated[
+        str, typer.Option("--size", help="Sizes of the other dims to time at, e.g. seq=128 (default: the examples).")
+    ] = "",
+    plan: Annotated[
+        str,
+        typer.Option(
+            "--plan", help="Plan ONNX Runtime sessions for each batch size (batch) or the whole shape timed (shape)."
+        ),
+    ] = "batch",
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
     trust: Annotated[
         bool, typer.Option("--trust", help="Also time TorchScript/.pt2 of a package from elsewhere.")
@@ -252,6 +261,7 @@ def bench(
         batches = tuple(int(b) for b in batch.split(",") if b.strip())
     except ValueError:
         raise TargetError(f"--batch must be comma-separated integers like 1,8,32, got {batch!r}") from None
+    sizes = _parse_sizes(size)
     options = OrtOptions(providers=(provider,), intra_op_threads=threads)
     runtimes = tuple(r.strip() for r in runtime.split(",") if r.strip())
     with tempfile.TemporaryDirectory() as tmp:
@@ -268,7 +278,7 @@ def bench(
                 raise TargetError(f"{spec.name}: export failed; run `toolchain export` to see why")
             record = False
         report = bench_package(
-            path, spec=spec, batches=batches, runtimes=runtimes, options=options, trust=trust,
+            path, spec=spec, batches=batches, runtimes=runtimes, options=options, sizes=sizes, plan=plan, trust=trust,
             progress=lambda line: typer.echo(f"  {line}", err=True),
         )  # fmt: skip
         typer.echo(report.table())
@@ -277,6 +287,17 @@ def bench(
         if record and report.rows:
             record_bench(report)
             typer.echo(f"recorded in {path}/report.md and the manifest's 'recommended'")
+
+
+def _parse_sizes(text: str) -> dict[str, int]:
+    """``"seq=128,height=64"`` -> ``{"seq": 128, "height": 64}``; `TargetError` naming the bad item."""
+    sizes: dict[str, int] = {}
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        name, _, value = item.partition("=")
+        if not name.strip() or not value.strip().isdigit():
+            raise TargetError(f"--size items must look like seq=128, got {item!r}")
+        sizes[name.strip()] = int(value)
+    return sizes
 
 
 def _spec_of_package(path: Path) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 from toolchain.errors import first_line
 from toolchain.parity import ParityReport
 from toolchain.passes import PASSES, GraphPass, quiet_libraries
-from toolchain.timing import Timing, race
+from toolchain.timing import Timing, paired_ratio, race
 
 __all__ = [
     "PASSES",
@@ -56,10 +56,10 @@ class PassResult:
 
     @property
     def speedup(self) -> float:
-        """Current median latency over the candidate's (> 1 is faster), 0 when not timed."""
+        """Current latency over the candidate's, paired round by round (> 1 is faster), 0 when not timed."""
         if self.before is None or self.after is None or self.after.p50_ms <= 0:
             return 0.0
-        return self.before.p50_ms / self.after.p50_ms
+        return paired_ratio(self.before, self.after)
 
     def __str__(self) -> str:
         timing = f", {self.speedup:.2f}x speed" if self.speedup else ""
@@ -149,7 +149,7 @@ def _try_pass(
             result.status, result.reason = SKIPPED, f"breaks parity on sample {bad.sample!r}: {_first_failure(bad)}"
             return result
         result.before, result.after = race([runner(current), runner(candidate)], min_seconds=0.15)
-        if result.after.p50_ms > result.before.p50_ms * (1 + SLOWER_MARGIN):
+        if result.speedup < 1 / (1 + SLOWER_MARGIN):
             result.status = SKIPPED
             result.reason = (
                 f"slower on this host: {result.after.p50_ms:.3f} ms vs {result.before.p50_ms:.3f} ms "

@@ -176,7 +176,8 @@ def _bench(report: Mapping[str, Any]) -> list[str]:
         runtime = runtime_label(rec["runtime"], rec.get("fixed_dims"))
         lines.append(
             f"\nRecommended at batch {batch}: `{rec['artifact']}` on {runtime} ({rec['p50_ms']:.3f} ms, "
-            f"{rec['ratio_vs_eager']:.2f}x eager); portable: `{portable.get('artifact', '—')}`."
+            f"{rec['ratio_vs_eager']:.2f}x eager, timed at {_where(rec.get('sizes', {}))}); "
+            f"portable: `{portable.get('artifact', '—')}`."
         )
     return lines
 

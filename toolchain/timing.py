@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Timing", "measure", "measure_stable", "race"]
+__all__ = ["Timing", "measure", "measure_stable", "paired_ratio", "race"]
 
 
 @dataclass(frozen=True)
@@ -26,13 +26,17 @@ class Timing:
     p99_ms: float
     spread: float
     """Half the inter-quartile range over the median: how far one run strays, as a fraction."""
+    blocks: tuple[float, ...] = ()
+    """Median of each block of runs, in milliseconds, in race order (see `race`, `paired_ratio`)."""
 
     @classmethod
-    def of(cls, seconds: Sequence[float]) -> Timing:
-        """Summarise per-run wall times (seconds)."""
+    def of(cls, seconds: Sequence[float], blocks: Sequence[Sequence[float]] = ()) -> Timing:
+        """Summarise per-run wall times (seconds), and per block when the runs came in `blocks`."""
         ms = np.asarray(seconds, dtype=np.float64) * 1e3
         p25, p50, p75, p90, p99 = np.percentile(ms, [25, 50, 75, 90, 99])
-        return cls(len(ms), float(p50), float(p90), float(p99), float((p75 - p25) / 2 / p50) if p50 > 0 else 0.0)
+        spread = float((p75 - p25) / 2 / p50) if p50 > 0 else 0.0
+        medians = tuple(float(np.median(b)) * 1e3 for b in blocks if len(b))
+        return cls(len(ms), float(p50), float(p90), float(p99), spread, medians)
 
     def __str__(self) -> str:
         return f"p50 {self.p50_ms:.3f} ms (±{self.spread:.0%}, p90 {self.p90_ms:.3f}, {self.runs} runs)"
@@ -59,40 +63,62 @@ def race(
     warmup: int = 3,
     min_runs: int = 10,
     min_seconds: float = 0.2,
-    max_runs: int = 2000,
+    min_rounds: int = 3,
     block_seconds: float = 0.2,
-    pause_seconds: float = 0.005,
+    pause_seconds: float = 0.05,
 ) -> list[Timing]:
-    """Time several callables in interleaved blocks until each has `min_runs` and `min_seconds` timed.
+    """Time several callables in interleaved blocks until each has `min_runs`, `min_seconds` and `min_rounds`.
 
-    Each turn a candidate runs for a block of at least `block_seconds` (one run at least); before each
-    block the host rests `pause_seconds` and the candidate runs once untimed. Switching candidates run
-    by run was measured unfair on this 2-core host: thread pools (ONNX Runtime's, OpenMP's) keep
-    spinning after a call and caches hold the previous candidate's weights, so a ResNet timed 2-5x
-    slower behind other sessions than alone; with 0.2 s blocks the raced medians match the ones
-    measured alone. Blocks still alternate, so a drift in the host's speed lands on all candidates.
+    Each round every candidate runs one block of at least ``min(block_seconds, min_seconds / min_rounds)``
+    (one run at least); before each block the host rests `pause_seconds` and the candidate runs once
+    untimed. Switching candidates run by run was measured unfair on this 2-core host: thread pools
+    (ONNX Runtime's, OpenMP's) keep spinning after a call and caches hold the previous candidate's
+    weights, so a ResNet timed 2-5x slower behind other sessions than alone; with blocks the raced
+    medians match the ones measured alone. The host's speed also drifts by up to 2x over seconds (a
+    16 us model timed 16-45 us in consecutive windows), so every candidate gets several rounds and
+    the drift lands on all of them alike. The pause was measured: after 5 ms, an ONNX Runtime session
+    raced right after another one still ran 1.6-2x slower (ResNet, batch 16), so whichever candidate
+    followed the other session in the race order lost; after 50 ms the order no longer matters.
     """
     for fn in fns:
         for _ in range(warmup):
             fn()
+    block_seconds = min(block_seconds, min_seconds / max(min_rounds, 1)) if min_seconds > 0 else block_seconds
     times: list[list[float]] = [[] for _ in fns]
+    blocks: list[list[list[float]]] = [[] for _ in fns]
     spent = [0.0 for _ in fns]
-    while len(times[0]) < max_runs and (min(len(t) for t in times) < min_runs or min(spent) < min_seconds):
+    rounds = 0
+    while rounds < min_rounds or min(len(t) for t in times) < min_runs or min(spent) < min_seconds:
         for i, fn in enumerate(fns):
             if len(fns) > 1:
                 time.sleep(pause_seconds)
                 fn()
-            block = 0.0
-            while True:
+            block: list[float] = []
+            total = 0.0
+            while total < block_seconds or not block:
                 start = time.perf_counter()
                 fn()
                 elapsed = time.perf_counter() - start
-                times[i].append(elapsed)
-                block += elapsed
-                if block >= block_seconds or len(times[i]) >= max_runs:
-                    break
-            spent[i] += block
-    return [Timing.of(t) for t in times]
+                block.append(elapsed)
+                total += elapsed
+            times[i] += block
+            blocks[i].append(block)
+            spent[i] += total
+        rounds += 1
+    return [Timing.of(t, b) for t, b in zip(times, blocks, strict=True)]
+
+
+def paired_ratio(a: Timing, b: Timing) -> float:
+    """`a`'s latency over `b`'s, as the median over race rounds of their block medians' ratio.
+
+    Two candidates of one `race` ran their k-th blocks moments apart, so the host's drift (up to 2x
+    over seconds here) cancels in each round's ratio, where it does not cancel between pooled
+    medians. Falls back to the pooled medians' ratio without blocks.
+    """
+    rounds = min(len(a.blocks), len(b.blocks))
+    if not rounds:
+        return a.p50_ms / b.p50_ms if b.p50_ms else float("inf")
+    return float(np.median([x / y for x, y in zip(a.blocks[:rounds], b.blocks[:rounds], strict=True) if y > 0]))
 
 
 def measure_stable(
