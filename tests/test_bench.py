@@ -17,7 +17,7 @@ from runtimes.ort import OrtOptions, OrtRuntime
 from tests.conftest import TINY
 from toolchain.bench import BenchReport, BenchRow, _runoff, bench_package, record_bench
 from toolchain.cli import app
-from toolchain.errors import InferenceError, TargetError
+from toolchain.errors import InferenceError, RuntimeLoadError, TargetError
 from toolchain.package import open_package
 from toolchain.pipeline import export_package
 from toolchain.spec import Dim, Input, ModelSpec
@@ -189,3 +189,26 @@ def test_a_less_exact_variant_must_be_faster_beyond_the_tie_margin() -> None:
     assert report.recommended(1) is int8  # 10% faster: worth its precision
     report.rows[2] = replace(int8, timing=Timing.of([0.985e-3] * 3))
     assert report.recommended(1) is report.rows[0]  # fp16 and int8 within 3% of fp32: fp32
+
+
+def test_auto_skips_a_provider_it_cannot_start_with_a_note_and_a_named_one_is_an_error(
+    tiny_package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    report = bench_package(tiny_package, spec=TINY, batches=(2,), runtimes=("ort",), providers=("auto",))
+    assert {r.provider for r in report.rows if r.runtime == "ort"} == {"cpu"}
+    assert any(n.startswith("provider cuda: not started here") for n in report.notes)
+    assert report.recommendations()["2"]["provider"] == "cpu"
+    with pytest.raises(RuntimeLoadError, match="could not start cuda"):
+        bench_package(tiny_package, spec=TINY, batches=(2,), runtimes=("ort",), providers=("cuda",))
+    result = CliRunner().invoke(app, ["bench", str(tiny_package), "--provider", " ", "--no-record"])
+    assert result.exit_code == 1 and "--provider needs a provider name" in result.output
+
+
+def test_rows_on_a_device_provider_are_labelled_with_it() -> None:
+    row = BenchRow("onnx/model.onnx", "fp16", "ort", 16, Timing.of([1e-3]), True, 1, 0, provider="cuda",
+                   fixed_dims=(("batch", 16),))  # fmt: skip
+    assert row.label == "ort-cuda[batch=16]"
+    assert replace(row, provider="cpu").label == "ort[batch=16]"

@@ -142,3 +142,18 @@ def test_unwritable_trust_list_keeps_the_package_and_says_so(tmp_path: Path, mon
     assert any(f.kind == "trust-list" for f in result.findings)
     report = verify_package(tmp_path / "pkg")
     assert report.refused == ("torchscript/model.pt",)
+
+
+def test_auto_notes_a_provider_it_cannot_start_and_a_named_one_fails(
+    tiny_package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    report = verify_package(tiny_package)
+    assert report, report.failure_lines()
+    assert any(c.runtime == "ort" for c in report.checks)
+    assert not any(c.runtime.startswith("ort-") for c in report.checks)
+    assert any(line.startswith("provider cuda: not started here") for line in report.summary_lines())
+    named = verify_package(tiny_package, providers=("cuda",))
+    assert not named and "could not start cuda" in " ".join(named.failure_lines())

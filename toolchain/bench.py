@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from runtimes import runtime_for
-from runtimes.ort import OrtOptions, OrtRuntime
+from runtimes.ort import OrtOptions, OrtRuntime, expand_providers, short_name
 from toolchain import trust as trust_list
 from toolchain.checks import TaskCheck
-from toolchain.errors import TargetError, ToolchainError
+from toolchain.errors import RuntimeLoadError, TargetError, ToolchainError
 from toolchain.package import Package, load_array, open_package
 from toolchain.parity import Tolerance, compare
 from toolchain.report import runtime_label
@@ -74,11 +74,13 @@ class BenchRow:
     """This row raced side by side against the other candidates near the fastest."""
     runoff_ratio: float | None = None
     """Its latency in the run-off over the fastest raced one's, paired round by round (`paired_ratio`)."""
+    provider: str = ""
+    """ONNX Runtime execution provider (short name), "" for other runtimes."""
 
     @property
     def label(self) -> str:
-        """Runtime, with the sizes its session was planned for: ``ort[batch=16]``."""
-        return runtime_label(self.runtime, dict(self.fixed_dims))
+        """Runtime and provider, with the sizes its session was planned for: ``ort-cuda[batch=16]``."""
+        return runtime_label(self.runtime, dict(self.fixed_dims), self.provider)
 
     @property
     def ratio_vs_eager(self) -> float:
@@ -96,6 +98,7 @@ class BenchRow:
             "artifact": self.artifact,
             "variant": self.variant,
             "runtime": self.runtime,
+            "provider": self.provider,
             "fixed_dims": dict(self.fixed_dims),
             "batch": self.batch,
             **self.timing.to_dict(),
@@ -158,12 +161,14 @@ class BenchReport:
             out[str(batch)] = {
                 "artifact": best.artifact,
                 "runtime": best.runtime,
+                "provider": best.provider,
                 "fixed_dims": dict(best.fixed_dims),
                 "p50_ms": round(best.timing.p50_ms, 4),
                 "ratio_vs_eager": round(best.ratio_vs_eager, 3),
                 "sizes": self.sizes.get(batch, {}),
                 "portable": {
                     "artifact": portable.artifact,
+                    "provider": portable.provider,
                     "fixed_dims": dict(portable.fixed_dims),
                     "p50_ms": round(portable.timing.p50_ms, 4),
                 }
@@ -221,6 +226,7 @@ def bench_package(
     batches: Sequence[int] = (1, 16),
     runtimes: Sequence[str] = (),
     options: OrtOptions = OrtOptions(),  # noqa: B008 - frozen, shared safely
+    providers: Sequence[str] = ("auto",),
     sizes: Mapping[str, int] | None = None,
     plan: str = "batch",
     trust: bool = False,
@@ -234,7 +240,10 @@ def bench_package(
             export sample is tiled to each batch size and eager is not measured.
         batches: batch sizes (the spec's ``batch`` dim, else its first symbolic dim).
         runtimes: restrict to these runtime names (``ort``, ``torchscript``, ``exported_program``).
-        options: ONNX Runtime session options (provider, threads, ...).
+        options: ONNX Runtime session options (threads, ...); its providers are replaced by `providers`.
+        providers: ONNX Runtime providers to time each ONNX file on (``cpu``, ``cuda``, ...); ``auto``:
+            every accelerated one available here, then cpu, skipping (with a note) one that ONNX
+            Runtime cannot start. A named provider that cannot start is a `RuntimeLoadError`.
         sizes: sizes of the other symbolic dims to benchmark at (default: the spec's examples);
             needs `spec`.
         plan: ``"batch"``: ONNX files are also timed in sessions planned for each batch size;
@@ -250,6 +259,9 @@ def bench_package(
     model = spec.build().eval() if spec is not None else None
     dim = _batch_dim(package, spec)
     _check_sizes(spec, dim, sizes or {})
+    named = set(expand_providers([p for p in providers if p.lower() != "auto"]))
+    per_provider = [replace(options, providers=(p,)) for p in expand_providers(providers)]
+    unstarted: dict[str, str] = {}
     for batch in batches:
         feeds, note = _feeds(package, spec, batch, sizes or {})
         if feeds is None:
@@ -264,13 +276,18 @@ def bench_package(
             report.rows.append(eager_row)
         runs: dict[int, Callable[[], Any]] = {}
         for entry in package.artifacts:
-            plans = (options, replace(options, fixed_dims=fixed)) if dim else (options,)
-            for row, run in _bench_artifact(package, entry, feeds, batch, expected, eager_ms, runtimes, plans, trusted):
+            plans = [each for o in per_provider for each in ((o, replace(o, fixed_dims=fixed)) if dim else (o,))]
+            for row, run in _bench_artifact(
+                package, entry, feeds, batch, expected, eager_ms, runtimes, plans, trusted, unstarted
+            ):
                 progress(f"batch {batch}: {row.artifact} on {row.label} {row.timing}")
                 if row.parity and (trusted or not row.runs_code):
                     runs[len(report.rows)] = run
                 report.rows.append(row)
+            if named & set(unstarted):
+                raise RuntimeLoadError(next(unstarted[p] for p in unstarted if p in named))
         _runoff(report.rows, runs)
+    report.notes += [f"provider {p}: not started here: {why}" for p, why in unstarted.items()]
     return report
 
 
@@ -406,8 +423,12 @@ def _bench_artifact(
     runtimes: Sequence[str],
     plans: Sequence[OrtOptions],
     trusted: bool,
+    unstarted: dict[str, str],
 ) -> Iterator[tuple[BenchRow, Callable[[], Any]]]:
-    """One row per session plan for ONNX files (plain, then sized for the batch), one for other formats."""
+    """One row per session plan for ONNX files (per provider: plain, then sized), one for other formats.
+
+    A provider ONNX Runtime cannot start is put in `unstarted` (with the reason) and skipped after.
+    """
     fmt, rel = str(entry["format"]), str(entry["path"])
     variant = str(entry.get("variant", "fp32"))
     for options in plans if fmt == "onnx" else plans[:1]:
@@ -415,33 +436,50 @@ def _bench_artifact(
         if runtime is None or (runtimes and runtime.name not in runtimes) or (runtime.runs_code and not trusted):
             return
         fixed = options.fixed_dims if fmt == "onnx" else ()
+        provider = short_name(options.providers[0]) if fmt == "onnx" else ""
+        if provider in unstarted:
+            continue
         before = _rss_mb()
         try:
             session = runtime.load(package.file(rel), signature=package.signature)
             if fixed and not _has_dims(session, fixed):
                 continue  # NOTE: ONNX Runtime ignores overrides of dims the file names otherwise.
             actual = session.run(feeds)
+        except RuntimeLoadError as e:
+            if "could not start" not in str(e):
+                yield _failed_row(rel, variant, runtime, batch, eager_ms, fixed, provider, e), lambda: None
+                continue
+            unstarted[provider] = str(e)
         except ToolchainError as e:
-            row = BenchRow(rel, variant, runtime.name, batch, Timing.of([0.0]), False, 0, 0, eager_ms, False,
-                           runtime.runs_code, note=f"could not run: {e}"[:200], fixed_dims=fixed)  # fmt: skip
-            yield row, lambda: None
+            yield _failed_row(rel, variant, runtime, batch, eager_ms, fixed, provider, e), lambda: None
             continue
-        parity = None
-        if expected is not None:
-            tolerance = Tolerance.from_dict(entry["tolerance"]) if "tolerance" in entry else package.tolerance
-            checks = tuple(TaskCheck.from_dict(c) for c in entry.get("checks", ()))
-            parity = bool(compare(expected, actual, tolerance, checks=checks))
+        else:
+            parity = None
+            if expected is not None:
+                tolerance = Tolerance.from_dict(entry["tolerance"]) if "tolerance" in entry else package.tolerance
+                checks = tuple(TaskCheck.from_dict(c) for c in entry.get("checks", ()))
+                parity = bool(compare(expected, actual, tolerance, checks=checks))
 
-        def run(session: Any = session) -> Any:
-            return session.run(feeds)
+            def run(session: Any = session) -> Any:
+                return session.run(feeds)
 
-        timing, settled = measure_stable(run)
-        after = _rss_mb()
-        row = BenchRow(
-            rel, variant, runtime.name, batch, timing, settled, after, max(after - before, 0.0), eager_ms,
-            parity, runtime.runs_code, note="" if settled else "median did not settle", fixed_dims=fixed,
-        )  # fmt: skip
-        yield row, run
+            timing, settled = measure_stable(run)
+            after = _rss_mb()
+            row = BenchRow(
+                rel, variant, runtime.name, batch, timing, settled, after, max(after - before, 0.0), eager_ms,
+                parity, runtime.runs_code, note="" if settled else "median did not settle", fixed_dims=fixed,
+                provider=provider,
+            )  # fmt: skip
+            yield row, run
+
+
+def _failed_row(
+    rel: str, variant: str, runtime: Any, batch: int, eager_ms: float, fixed: Any, provider: str, error: Exception
+) -> BenchRow:
+    """A row for an artifact that could not be loaded or run: never a candidate, the reason in its note."""
+    return BenchRow(rel, variant, runtime.name, batch, Timing.of([0.0]), False, 0, 0, eager_ms, False,
+                    runtime.runs_code, note=f"could not run: {error}"[:200], fixed_dims=fixed,
+                    provider=provider)  # fmt: skip
 
 
 def _has_dims(session: Any, fixed: tuple[tuple[str, int], ...]) -> bool:

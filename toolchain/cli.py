@@ -128,11 +128,19 @@ def verify(
             "code). Packages exported on this machine are trusted without it.",
         ),
     ] = False,
+    provider: Annotated[
+        str,
+        typer.Option(
+            "--provider",
+            help="ONNX Runtime providers to replay on, comma-separated: cpu, cuda, tensorrt, ... auto: every "
+            "accelerated one available here, then cpu (one that cannot start is reported, not failed).",
+        ),
+    ] = "auto",
 ) -> None:
     """Check every file's hash, then replay the golden samples; exit 1 on any failure."""
     from toolchain.verify import verify_package
 
-    report = verify_package(package, trust=trust)
+    report = verify_package(package, trust=trust, providers=_providers(provider))
     for line in report.summary_lines():
         typer.echo(line)
     if not report:
@@ -192,7 +200,7 @@ def inspect(package: Annotated[Path, typer.Argument(help="Package folder to desc
         if art.get("keep"):
             typer.echo(f"           kept in fp32: {len(art['keep'])} node(s)")
     for batch, rec in pkg.manifest.get("recommended", {}).items():
-        runtime = runtime_label(rec["runtime"], rec.get("fixed_dims"))
+        runtime = runtime_label(rec["runtime"], rec.get("fixed_dims"), rec.get("provider", ""))
         typer.echo(
             f"  recommended at batch {batch}: {rec['artifact']} on {runtime} "
             f"({rec['p50_ms']:.3f} ms, {rec['ratio_vs_eager']:.2f}x eager)"
@@ -229,8 +237,13 @@ def bench(
         str, typer.Option("--runtime", help="Comma-separated runtimes to time: ort, torchscript, exported_program.")
     ] = "",
     provider: Annotated[
-        str, typer.Option("--provider", help="ONNX Runtime execution provider: cpu, cuda, tensorrt, coreml, ...")
-    ] = "cpu",
+        str,
+        typer.Option(
+            "--provider",
+            help="ONNX Runtime providers to time, comma-separated: cpu, cuda, tensorrt, ... auto: every "
+            "accelerated one available here, then cpu; the recommendation is the fastest that matched eager.",
+        ),
+    ] = "auto",
     threads: Annotated[int, typer.Option("--threads", help="Threads per op for ONNX Runtime (0: its default).")] = 0,
     size: Annotated[
         str, typer.Option("--size", help="Sizes of the other dims to time at, e.g. seq=128 (default: the examples).")
@@ -262,7 +275,7 @@ def bench(
     except ValueError:
         raise TargetError(f"--batch must be comma-separated integers like 1,8,32, got {batch!r}") from None
     sizes = _parse_sizes(size)
-    options = OrtOptions(providers=(provider,), intra_op_threads=threads)
+    options = OrtOptions(intra_op_threads=threads)
     runtimes = tuple(r.strip() for r in runtime.split(",") if r.strip())
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(target)
@@ -278,8 +291,8 @@ def bench(
                 raise TargetError(f"{spec.name}: export failed; run `toolchain export` to see why")
             record = False
         report = bench_package(
-            path, spec=spec, batches=batches, runtimes=runtimes, options=options, sizes=sizes, plan=plan, trust=trust,
-            progress=lambda line: typer.echo(f"  {line}", err=True),
+            path, spec=spec, batches=batches, runtimes=runtimes, options=options, providers=_providers(provider),
+            sizes=sizes, plan=plan, trust=trust, progress=lambda line: typer.echo(f"  {line}", err=True),
         )  # fmt: skip
         typer.echo(report.table())
         if json_out is not None:
@@ -287,6 +300,14 @@ def bench(
         if record and report.rows:
             record_bench(report)
             typer.echo(f"recorded in {path}/report.md and the manifest's 'recommended'")
+
+
+def _providers(text: str) -> tuple[str, ...]:
+    """``"cuda,cpu"`` -> ``("cuda", "cpu")``; `TargetError` when empty."""
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not names:
+        raise TargetError("--provider needs a provider name (cpu, cuda, tensorrt, ...) or auto")
+    return names
 
 
 def _parse_sizes(text: str) -> dict[str, int]:

@@ -166,14 +166,14 @@ def _bench(report: Mapping[str, Any]) -> list[str]:
     lines += ["|---:|---|---|---:|---:|---:|---:|---:|---|"]
     for r in sorted(bench.get("rows", []), key=lambda r: (r["batch"], r["p50_ms"])):
         parity = {None: "—", True: "ok", False: "FAIL"}[r.get("parity")]
-        runtime = runtime_label(r["runtime"], r.get("fixed_dims"))
+        runtime = runtime_label(r["runtime"], r.get("fixed_dims"), r.get("provider", ""))
         lines.append(
             f"| {r['batch']} | {r['artifact']} | {runtime} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
             f"{r['spread']:.0%} | {r['ratio_vs_eager']:.2f} | {r['rss_mb']:.0f} | {parity} |"
         )
     for batch, rec in sorted(bench.get("recommended", {}).items(), key=lambda kv: int(kv[0])):
         portable = rec.get("portable") or {}
-        runtime = runtime_label(rec["runtime"], rec.get("fixed_dims"))
+        runtime = runtime_label(rec["runtime"], rec.get("fixed_dims"), rec.get("provider", ""))
         lines.append(
             f"\nRecommended at batch {batch}: `{rec['artifact']}` on {runtime} ({rec['p50_ms']:.3f} ms, "
             f"{rec['ratio_vs_eager']:.2f}x eager, timed at {_where(rec.get('sizes', {}))}); "
@@ -182,10 +182,11 @@ def _bench(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def runtime_label(runtime: str, fixed_dims: Mapping[str, int] | None) -> str:
-    """``ort``, or ``ort[batch=16]`` for a session planned for that size."""
+def runtime_label(runtime: str, fixed_dims: Mapping[str, int] | None, provider: str = "") -> str:
+    """``ort``, ``ort-cuda`` on a provider other than cpu, ``ort[batch=16]`` for a session planned for that size."""
+    name = f"{runtime}-{provider}" if provider and provider != "cpu" else runtime
     fixed = ",".join(f"{k}={v}" for k, v in (fixed_dims or {}).items())
-    return f"{runtime}[{fixed}]" if fixed else runtime
+    return f"{name}[{fixed}]" if fixed else name
 
 
 def _where(sizes: Mapping[str, int]) -> str:

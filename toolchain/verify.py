@@ -6,14 +6,15 @@ Needs numpy and onnxruntime only; never imports torch.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from runtimes import runtime_for
+from runtimes.ort import OrtRuntime, expand_providers
 from toolchain import trust as trust_list
 from toolchain.checks import TaskCheck
-from toolchain.errors import ToolchainError
+from toolchain.errors import RuntimeLoadError, ToolchainError
 from toolchain.package import Package, Problem, check_integrity, load_array, open_package
 from toolchain.parity import ParityReport, Tolerance, compare
 
@@ -42,6 +43,8 @@ class VerificationReport:
     skipped: tuple[str, ...] = ()
     refused: tuple[str, ...] = ()
     """Artifacts not loaded because loading runs code and the package is not trusted."""
+    unstarted: tuple[str, ...] = ()
+    """Providers ``auto`` tried that ONNX Runtime could not start here, with the reason."""
 
     def __bool__(self) -> bool:
         return not self.problems and bool(self.checks) and all(self.checks)
@@ -80,6 +83,7 @@ class VerificationReport:
                 f"(worst error at {worst:.3g}x of the allowed)"
             )
         lines.extend(f"{s}: skipped, no runtime for it on this host" for s in self.skipped)
+        lines.extend(f"provider {s}" for s in self.unstarted)
         lines.extend(
             f"{s}: refused: loading it runs code and this package was not exported on this machine; "
             "pass --trust if you trust where it came from"
@@ -88,13 +92,16 @@ class VerificationReport:
         return lines
 
 
-def verify_package(path: Path, *, trust: bool = False) -> VerificationReport:
+def verify_package(path: Path, *, trust: bool = False, providers: Sequence[str] = ("auto",)) -> VerificationReport:
     """Check hashes and the exact file set, then replay every sample on every runnable artifact.
 
     Args:
         path: the package folder.
         trust: load artifacts whose loading runs code (TorchScript, ``.pt2``) even when this machine
             did not export the package itself.
+        providers: ONNX Runtime providers to replay ONNX artifacts on, each in turn (``cpu``,
+            ``cuda``, ...). ``auto``: every accelerated provider available here, then cpu; one that
+            ONNX Runtime cannot start is noted in ``unstarted``, where a named one is a failure.
     """
     path = Path(path)
     problems = check_integrity(path)
@@ -104,7 +111,8 @@ def verify_package(path: Path, *, trust: bool = False) -> VerificationReport:
     try:
         tolerance = package.tolerance
         trusted = trust or trust_list.is_trusted(path)
-        checks, skipped, refused = [], [], []
+        named = [p for p in providers if p.lower() != "auto"]
+        checks, skipped, refused, unstarted = [], [], [], {}
         for entry in package.artifacts:
             runtime = runtime_for(str(entry.get("format")))
             if runtime is None:
@@ -113,18 +121,35 @@ def verify_package(path: Path, *, trust: bool = False) -> VerificationReport:
             if runtime.runs_code and not trusted:
                 refused.append(str(entry.get("path")))
                 continue
-            session = runtime.load(package.file(str(entry["path"])), signature=package.signature)
             # NOTE: a precision variant is judged by its own gate: looser tolerance plus task checks.
             own = Tolerance.from_dict(entry["tolerance"]) if "tolerance" in entry else tolerance
             task = tuple(TaskCheck.from_dict(c) for c in entry.get("checks", ()))
-            reports = replay(package, session, own, checks=task)
-            checks.append(ArtifactCheck(str(entry["path"]), runtime.name, reports))
+            sessions = _ort_runtimes(runtime, providers) if isinstance(runtime, OrtRuntime) else [(runtime, "")]
+            for each, provider in sessions:
+                if provider in unstarted:
+                    continue
+                try:
+                    session = each.load(package.file(str(entry["path"])), signature=package.signature)
+                except RuntimeLoadError as e:
+                    if provider in named or "could not start" not in str(e):
+                        raise
+                    unstarted[provider] = f"{provider}: not started here: {str(e).split(': ', 1)[-1]}"
+                    continue
+                label = each.name if provider in ("", "cpu") else f"{each.name}-{provider}"
+                checks.append(ArtifactCheck(str(entry["path"]), label, replay(package, session, own, checks=task)))
     except (KeyError, TypeError, ValueError) as e:
         problem = Problem("manifest.json", f"malformed entry ({type(e).__name__}: {e})")
         return VerificationReport(path, problems=(problem,))
     except ToolchainError as e:
         return VerificationReport(path, problems=(Problem(path.name, str(e)),))
-    return VerificationReport(path, checks=tuple(checks), skipped=tuple(skipped), refused=tuple(refused))
+    return VerificationReport(
+        path, checks=tuple(checks), skipped=tuple(skipped), refused=tuple(refused), unstarted=tuple(unstarted.values())
+    )
+
+
+def _ort_runtimes(runtime: OrtRuntime, providers: Sequence[str]) -> list[tuple[OrtRuntime, str]]:
+    """One ONNX Runtime per provider to replay on, with the provider's short name."""
+    return [(OrtRuntime(replace(runtime.options, providers=(p,))), p) for p in expand_providers(providers)]
 
 
 def replay(

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from runtimes import RUNTIMES, runtime_for
-from runtimes.ort import OrtOptions, OrtRuntime, resolve_providers
+from runtimes.ort import OrtOptions, OrtRuntime, expand_providers, resolve_providers, short_name
 from toolchain.errors import FeedError, InferenceError, RuntimeLoadError
 from toolchain.package import open_package
 
@@ -114,3 +115,57 @@ def test_feeds_in_another_order_or_dtype_are_checked_again(session) -> None:
     session.run({"x": np.ones((2, 4), np.float32)})
     with pytest.raises(FeedError, match="got float64"):
         session.run({"x": np.ones((2, 4), np.float64)})
+
+
+@pytest.fixture
+def unstartable_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX Runtime lists CUDA (as onnxruntime-gpu does) but cannot start it (no GPU, no CUDA libraries)."""
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+
+
+def test_auto_tries_accelerated_providers_first_then_cpu(unstartable_cuda: None) -> None:
+    assert expand_providers(("auto",)) == ("cuda", "cpu")
+    assert expand_providers(("CUDAExecutionProvider", "CPU", "auto")) == ("cuda", "cpu")
+
+
+def test_auto_is_cpu_alone_on_a_cpu_build() -> None:
+    assert expand_providers(("auto",)) == ("cpu",)
+
+
+def test_a_provider_that_falls_back_to_cpu_is_an_error_not_a_silent_cpu_run(
+    tiny_package: Path, unstartable_cuda: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fell_back = r"could not start cuda \(it fell back to cpu\): .*CUDAExecutionProvider"
+    with pytest.raises(RuntimeLoadError, match=fell_back):
+        OrtRuntime(OrtOptions(providers=("cuda",))).load(tiny_package / "onnx/model.onnx")
+    assert capsys.readouterr().out == ""  # ONNX Runtime's own "EP Error" print stays out of the user's output
+
+
+def test_sessions_name_their_provider_and_bind_io_only_when_asked(tiny_package: Path) -> None:
+    session = OrtRuntime().load(tiny_package / "onnx/model.onnx")
+    assert session.provider == "cpu" and not session._bind
+    assert OrtRuntime(OrtOptions(io_binding=True)).load(tiny_package / "onnx/model.onnx")._bind
+    assert short_name("CUDAExecutionProvider") == "cuda" and short_name("MyExecutionProvider") == "MyExecutionProvider"
+
+
+def test_the_reason_a_provider_did_not_start_is_onnx_runtimes_own(
+    tiny_package: Path, unstartable_cuda: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import onnxruntime as ort
+
+    class FallingBack(ort.InferenceSession):  # what onnxruntime-gpu does when cuDNN is missing
+        def __init__(self, path: str, sess_options: Any = None, providers: Any = None) -> None:
+            print("*************** EP Error ***************")
+            print(
+                "EP Error /onnxruntime_src/onnxruntime/core/x.cc:729 void f(Options&, const P&) libcudnn.so.9: "
+                "cannot open shared object file when using ['CUDAExecutionProvider']"
+            )
+            print("Falling back to ['CPUExecutionProvider'] and retrying.")
+            super().__init__(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "InferenceSession", FallingBack)
+    with pytest.raises(RuntimeLoadError, match=r"fell back to cpu\): libcudnn.so.9: cannot open shared object file;"):
+        OrtRuntime(OrtOptions(providers=("cuda",))).load(tiny_package / "onnx/model.onnx")
+    assert capsys.readouterr().out == ""
