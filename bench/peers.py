@@ -34,7 +34,7 @@ from toolchain.package import open_package
 from toolchain.pipeline import export_package
 from toolchain.samples import make_feed
 from toolchain.spec import SPECS, ModelSpec
-from toolchain.timing import Timing, paired_ratio, race
+from toolchain.timing import paired_interval, paired_ratio, race
 
 THREADS = 2
 PEERS = ("eager", "jit-frozen", "compile-frozen", "ort-plain")
@@ -105,16 +105,6 @@ def _recommended(pkg: Path, spec: ModelSpec, batch: int) -> tuple[str, Callable[
     return f"{best.artifact} ({best.label})", lambda: session.run(feeds)
 
 
-def _interval(peer: Timing, ours: Timing) -> tuple[float, float]:
-    """95% bootstrap interval of the median per-round ratio peer / ours: how sure the ratio is."""
-    rounds = min(len(peer.blocks), len(ours.blocks))
-    ratios = np.asarray(peer.blocks[:rounds]) / np.asarray(ours.blocks[:rounds])
-    rng = np.random.default_rng(0)
-    medians = np.median(rng.choice(ratios, size=(2000, rounds)), axis=1)
-    low, high = np.percentile(medians, [2.5, 97.5])
-    return float(low), float(high)
-
-
 def main() -> None:
     """Export, recommend, race against the peers, print ratios."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -151,7 +141,7 @@ def main() -> None:
                 ours = timings[0]
                 ratios = {p: paired_ratio(t, ours) for p, t in zip(peers, timings[1:], strict=True)}
                 fastest = min(ratios, key=ratios.__getitem__)
-                best, (low, high) = ratios[fastest], _interval(timings[1 + list(peers).index(fastest)], ours)
+                best, (low, high) = ratios[fastest], paired_interval(timings[1 + list(peers).index(fastest)], ours)
                 against_best.append((best, low, high))
                 cells = " ".join(f"{ratios[p]:14.2f}" if p in ratios else f"{'—':>14}" for p in PEERS)
                 tail = f"{best:8.2f}  [{low:.2f}, {high:.2f}]  ({ours.p50_ms:.3f} ms)"

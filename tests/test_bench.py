@@ -212,3 +212,19 @@ def test_rows_on_a_device_provider_are_labelled_with_it() -> None:
                    fixed_dims=(("batch", 16),))  # fmt: skip
     assert row.label == "ort-cuda[batch=16]"
     assert replace(row, provider="cpu").label == "ort[batch=16]"
+
+
+def test_a_less_exact_variant_wins_the_runoff_only_when_every_round_agrees() -> None:
+    def raced(artifact: str, variant: str, rounds_ms: list[float]) -> BenchRow:
+        timing = Timing.of([m / 1e3 for m in rounds_ms], [[m / 1e3] for m in rounds_ms])
+        return replace(_row(artifact, "ort", 1.0), variant=variant, runoff=timing)
+
+    steady = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    noisy = [0.85, 1.10, 0.90, 1.05, 0.88, 1.12, 0.91, 1.02, 0.86, 1.08]  # median 0.955: "4.5% faster"
+    fp32, int8 = raced("onnx/model.onnx", "fp32", steady), raced("onnx/model.int8-static.onnx", "int8-static", noisy)
+    report = BenchReport(Path("pkg"), "m", trusted=False)
+    report.rows = [replace(fp32, runoff_ratio=1.047), replace(int8, runoff_ratio=1.0)]
+    assert report.recommended(1) is report.rows[0]  # int8's lead is inside the rounds' noise
+    sure = raced("onnx/model.int8-static.onnx", "int8-static", [m * 0.8 for m in steady])
+    report.rows = [replace(fp32, runoff_ratio=1.25), replace(sure, runoff_ratio=1.0)]
+    assert report.recommended(1) is report.rows[1]  # 20% faster in every round: worth its precision

@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from toolchain.timing import Timing, paired_ratio, race
+from toolchain.timing import Timing, paired_interval, paired_ratio, race
 
 
 def test_race_times_each_candidate_in_blocks_after_one_untimed_run() -> None:
@@ -48,3 +48,13 @@ def test_the_paired_ratio_cancels_drift_that_pooled_medians_do_not() -> None:
 
 def _blocks(ms: list[float]) -> Timing:
     return Timing.of([m / 1e3 for m in ms], blocks=[[m / 1e3] for m in ms])
+
+
+def test_paired_interval_is_narrow_for_steady_rounds_and_wide_for_noisy_ones() -> None:
+    base = Timing.of([1e-3] * 10, [[1e-3]] * 10)
+    steady = Timing.of([0.8e-3] * 10, [[0.8e-3]] * 10)
+    assert paired_interval(steady, base) == pytest.approx((0.8, 0.8))
+    noisy = [0.85, 1.10, 0.90, 1.05, 0.88, 1.12, 0.91, 1.02, 0.86, 1.08]
+    low, high = paired_interval(Timing.of([m / 1e3 for m in noisy], [[m / 1e3] for m in noisy]), base)
+    assert low < 0.9 < 1.0 < high
+    assert paired_interval(Timing.of([2e-3]), Timing.of([1e-3])) == (2.0, 2.0)  # no rounds: the pooled ratio

@@ -121,6 +121,22 @@ def paired_ratio(a: Timing, b: Timing) -> float:
     return float(np.median([x / y for x, y in zip(a.blocks[:rounds], b.blocks[:rounds], strict=True) if y > 0]))
 
 
+def paired_interval(a: Timing, b: Timing, *, level: float = 0.95) -> tuple[float, float]:
+    """Bootstrap interval (at `level`) of `paired_ratio(a, b)`: how sure a raced ratio is.
+
+    Resamples the per-round ratios (seeded, so a report is reproducible); without blocks the
+    interval is the pooled ratio alone.
+    """
+    rounds = min(len(a.blocks), len(b.blocks))
+    if not rounds:
+        ratio = paired_ratio(a, b)
+        return ratio, ratio
+    ratios = np.asarray(a.blocks[:rounds]) / np.asarray(b.blocks[:rounds])
+    medians = np.median(np.random.default_rng(0).choice(ratios, size=(2000, rounds)), axis=1)
+    low, high = np.percentile(medians, [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
+
+
 def measure_stable(
     fn: Callable[[], Any],
     *,
