@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -64,6 +65,7 @@ def test_export_and_verify_a_user_file(tmp_path: Path, cleanup_specs) -> None:
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["inspect", str(out)])
     assert "dim    batch: verified at [1, 3, 7]" in result.output
+    assert re.search(r"artifact onnx/model.onnx .* parity passed on \[.*\] \(ort/cpu\)", result.output), result.output
 
 
 def test_export_with_precision_variants_and_without_optimisation(tmp_path: Path, cleanup_specs) -> None:

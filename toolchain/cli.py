@@ -194,6 +194,7 @@ def inspect(package: Annotated[Path, typer.Argument(help="Package folder to desc
         typer.echo(
             f"  artifact {art['path']} [{art['format']}, {art['variant']}, opset {art['opset']}] "
             f"parity {'passed' if parity.get('passed') else 'FAILED'} on {parity.get('sample_sets', [])}"
+            + (f" ({parity['gated_on']})" if parity.get("gated_on") else "")
         )
         if art.get("passes"):
             typer.echo(f"           passes: {', '.join(art['passes'])}")

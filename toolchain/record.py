@@ -13,7 +13,24 @@ from toolchain.parity import ParityReport
 if TYPE_CHECKING:
     from toolchain.pipeline import ExportResult
 
-__all__ = ["build_manifest", "build_report", "library_versions", "worst_by_output"]
+__all__ = ["build_manifest", "build_report", "gated_on", "library_versions", "worst_by_output"]
+
+
+def gated_on(fmt: str) -> str:
+    """Runtime (and ONNX Runtime provider) an artifact of `fmt` is gated on here: ``ort/cpu``.
+
+    A variant's parity holds where it was checked: fp16 kernels differ by provider (on CUDA three of
+    the zoo's fp16 variants that pass on the CPU fail their gate), so the manifest says which.
+    """
+    from runtimes import runtime_for
+    from runtimes.ort import OrtRuntime, short_name
+
+    runtime = runtime_for(fmt)
+    if runtime is None:
+        return "?"
+    if isinstance(runtime, OrtRuntime):
+        return f"{runtime.name}/{short_name(runtime.options.providers[0])}"
+    return runtime.name
 
 
 def library_versions() -> dict[str, str]:
@@ -84,6 +101,7 @@ def build_manifest(result: ExportResult, samples: list[dict[str, Any]]) -> dict[
                 "passed": all(p.final_reports),
                 "sample_sets": [r.sample for r in p.final_reports],
                 "worst": worst_by_output(p.final_reports),
+                "gated_on": gated_on(p.artifact.format),
             }
             for p in shipped
             if p.artifact is not None
