@@ -95,7 +95,7 @@ def _recommended(pkg: Path, spec: ModelSpec, batch: int) -> tuple[str, Callable[
     if best is None:
         return None
     runtime = (
-        OrtRuntime(OrtOptions(intra_op_threads=THREADS, fixed_dims=best.fixed_dims))
+        OrtRuntime(OrtOptions(providers=(best.provider,), intra_op_threads=THREADS, fixed_dims=best.fixed_dims))
         if best.runtime == "ort"
         else runtime_for("torchscript" if best.runtime == "torchscript" else "exported_program")
     )

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from runtimes.ort import OrtOptions, OrtRuntime
 from tests.conftest import TINY
-from toolchain.bench import BenchReport, BenchRow, _runoff, bench_package, record_bench
+from toolchain.bench import BenchReport, BenchRow, _runoff, _undecided, bench_package, record_bench
 from toolchain.cli import app
 from toolchain.errors import InferenceError, RuntimeLoadError, TargetError
 from toolchain.package import open_package
@@ -228,3 +228,15 @@ def test_a_less_exact_variant_wins_the_runoff_only_when_every_round_agrees() -> 
     sure = raced("onnx/model.int8-static.onnx", "int8-static", [m * 0.8 for m in steady])
     report.rows = [replace(fp32, runoff_ratio=1.25), replace(sure, runoff_ratio=1.0)]
     assert report.recommended(1) is report.rows[1]  # 20% faster in every round: worth its precision
+
+
+def test_the_runoff_races_on_only_the_candidates_it_cannot_yet_tell_from_the_leader() -> None:
+    def rounds(ms: list[float]) -> Timing:
+        return Timing.of([m / 1e3 for m in ms], [[m / 1e3] for m in ms])
+
+    leader = rounds([1.0] * 10)
+    slower = rounds([1.2] * 10)  # surely 20% slower: settled
+    twin = rounds([1.0] * 10)  # surely within 2%: a tie, settled
+    unsure = rounds([0.95, 1.08, 0.97, 1.1, 0.96, 1.07, 0.98, 1.09, 0.94, 1.06])
+    assert _undecided([leader, slower, twin, unsure]) == [True, False, False, True]
+    assert _undecided([leader, slower, twin]) == [False, False, False]  # nothing left to settle: stop

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import pytest
 
@@ -58,3 +59,22 @@ def test_paired_interval_is_narrow_for_steady_rounds_and_wide_for_noisy_ones() -
     low, high = paired_interval(Timing.of([m / 1e3 for m in noisy], [[m / 1e3] for m in noisy]), base)
     assert low < 0.9 < 1.0 < high
     assert paired_interval(Timing.of([2e-3]), Timing.of([1e-3])) == (2.0, 2.0)  # no rounds: the pooled ratio
+
+
+def test_race_goes_on_only_with_the_candidates_keep_names() -> None:
+    def work(n: int) -> Callable[[], int]:
+        return lambda: sum(range(n))
+
+    calls: list[int] = []
+
+    def keep(timings: list[Timing]) -> list[bool]:
+        calls.append(len(timings[0].blocks))
+        return [True, False, True]
+
+    timings = race(
+        [work(100), work(2000), work(100)], min_rounds=3, min_seconds=0.03, pause_seconds=0.0,
+        keep=keep, extra_seconds=0.2,
+    )  # fmt: skip
+    assert len(timings[1].blocks) == 3 < len(timings[0].blocks) == len(timings[2].blocks)
+    assert calls and calls[0] == 3
+    assert paired_ratio(timings[1], timings[0]) > 1.0  # pairs the three rounds both ran

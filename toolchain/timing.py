@@ -66,6 +66,8 @@ def race(
     min_rounds: int = 3,
     block_seconds: float = 0.2,
     pause_seconds: float = 0.05,
+    keep: Callable[[list[Timing]], Sequence[bool]] | None = None,
+    extra_seconds: float = 0.0,
 ) -> list[Timing]:
     """Time several callables in interleaved blocks until each has `min_runs`, `min_seconds` and `min_rounds`.
 
@@ -79,6 +81,10 @@ def race(
     the drift lands on all of them alike. The pause was measured: after 5 ms, an ONNX Runtime session
     raced right after another one still ran 1.6-2x slower (ResNet, batch 16), so whichever candidate
     followed the other session in the race order lost; after 50 ms the order no longer matters.
+
+    Once those minimums are met, `keep` (given the timings so far) may name candidates to race on,
+    for at most `extra_seconds` more: the others stop, and their rounds so far still pair with the
+    same rounds of the rest (`paired_ratio` pairs the rounds both ran).
     """
     for fn in fns:
         for _ in range(warmup):
@@ -87,9 +93,18 @@ def race(
     times: list[list[float]] = [[] for _ in fns]
     blocks: list[list[list[float]]] = [[] for _ in fns]
     spent = [0.0 for _ in fns]
-    rounds = 0
-    while rounds < min_rounds or min(len(t) for t in times) < min_runs or min(spent) < min_seconds:
-        for i, fn in enumerate(fns):
+    rounds, active, extra_until = 0, list(range(len(fns))), 0.0
+    while True:
+        if not (rounds < min_rounds or min(len(t) for t in times) < min_runs or min(spent) < min_seconds):
+            if keep is None or extra_seconds <= 0:
+                break
+            extra_until = extra_until or time.perf_counter() + extra_seconds
+            wanted = keep([Timing.of(t, b) for t, b in zip(times, blocks, strict=True)])
+            active = [i for i in active if wanted[i]]
+            if len(active) < 2 or time.perf_counter() > extra_until:
+                break
+        for i in active:
+            fn = fns[i]
             if len(fns) > 1:
                 time.sleep(pause_seconds)
                 fn()
