@@ -8,7 +8,9 @@ and .pt2 count), then race it side by side, in alternating blocks, against
 The plain export is static (every dim at the benchmarked size); so are the ONNX Runtime sessions `bench` plans here
 (``plan="shape"``), from artifacts that were verified at every declared size.
 Prints latency ratios peer / recommended (>= 1.0: the recommendation is at least as fast), the ratio
-against the fastest peer, and the median over the zoo. 2 threads for torch and ONNX Runtime.
+against the fastest peer, and the median over the zoo. A row whose whole 95% interval lies below 1.0
+is raced once more against that peer alone, the peer first, to tell a real gap from the host's drift.
+2 threads for torch and ONNX Runtime.
 Run: ``python bench/peers.py [--batch 1,16] [name ...]``.
 """
 
@@ -105,6 +107,16 @@ def _recommended(pkg: Path, spec: ModelSpec, batch: int) -> tuple[str, Callable[
     return f"{best.artifact} ({best.label})", lambda: session.run(feeds)
 
 
+def _rerace(ours: Callable[[], Any], peer: Callable[[], Any]) -> tuple[float, float, float]:
+    """A second, longer race of the recommendation against one peer, the peer first this time.
+
+    With 20-odd rows, one whose interval lies wholly below 1.0 turns up by chance or by the host's
+    drift in some runs; a gap that is real shows again here.
+    """
+    theirs, mine = race([peer, ours], min_seconds=6.0, min_rounds=40, warmup=5)
+    return (paired_ratio(theirs, mine), *paired_interval(theirs, mine))
+
+
 def main() -> None:
     """Export, recommend, race against the peers, print ratios."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -113,7 +125,7 @@ def main() -> None:
     parsed = parser.parse_args()
     torch.set_num_threads(THREADS)
     batches = [int(b) for b in parsed.batch.split(",")]
-    against_best: list[tuple[float, float, float]] = []
+    against_best: list[tuple[float, float, float, bool]] = []
     print(
         f"{'model':26} {'batch':>5}  {'recommended':56} "
         + " ".join(f"{p:>14}" for p in PEERS)
@@ -142,15 +154,23 @@ def main() -> None:
                 ratios = {p: paired_ratio(t, ours) for p, t in zip(peers, timings[1:], strict=True)}
                 fastest = min(ratios, key=ratios.__getitem__)
                 best, (low, high) = ratios[fastest], paired_interval(timings[1 + list(peers).index(fastest)], ours)
-                against_best.append((best, low, high))
                 cells = " ".join(f"{ratios[p]:14.2f}" if p in ratios else f"{'—':>14}" for p in PEERS)
                 tail = f"{best:8.2f}  [{low:.2f}, {high:.2f}]  ({ours.p50_ms:.3f} ms)"
                 print(f"{name:26} {batch:>5}  {label[:56]:56} {cells} {tail}", flush=True)
+                again = _rerace(run, peers[fastest]) if high < 1.0 else None
+                if again is not None:
+                    ratio, lo, hi = again
+                    print(f"{'':34}re-raced against {fastest} alone, peer first: {ratio:.2f} [{lo:.2f}, {hi:.2f}]")
+                against_best.append((best, low, high, again is not None and again[2] < 1.0))
     if against_best:
-        median = statistics.median(r for r, _, _ in against_best)
+        median = statistics.median(r for r, *_ in against_best)
         print(f"median ratio against the fastest peer: {median:.2f} over {len(against_best)} rows")
-        below, sure = sum(r < 1.0 for r, _, _ in against_best), sum(high < 1.0 for _, _, high in against_best)
-        print(f"rows below 1.0: {below}, of which {sure} with the whole 95% interval below 1.0")
+        below, sure = sum(r < 1.0 for r, *_ in against_best), sum(row[2] < 1.0 for row in against_best)
+        confirmed = sum(row[3] for row in against_best)
+        print(
+            f"rows below 1.0: {below}, of which {sure} with the whole 95% interval below 1.0 "
+            f"and {confirmed} also below in the re-race"
+        )
     print("ratio = peer / recommended latency: median over race rounds of the two block medians' ratio")
     print("(>= 1.0: recommended is as fast); interval: 95% bootstrap interval of that median ratio")
     print("ort[...]: session planned for the benchmarked shape, like the plain export (other sizes are refused)")
