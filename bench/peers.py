@@ -9,7 +9,7 @@ The plain export is static (every dim at the benchmarked size); so are the ONNX 
 (``plan="shape"``), from artifacts that were verified at every declared size.
 Prints latency ratios peer / recommended (>= 1.0: the recommendation is at least as fast), the ratio
 against the fastest peer, and the median over the zoo. A row whose whole 95% interval lies below 1.0
-is raced once more against that peer alone, the peer first, to tell a real gap from the host's drift.
+is raced once more, longer, against that peer alone, to tell a real gap from the host's drift.
 2 threads for torch and ONNX Runtime.
 Run: ``python bench/peers.py [--batch 1,16] [name ...]``.
 """
@@ -108,12 +108,12 @@ def _recommended(pkg: Path, spec: ModelSpec, batch: int) -> tuple[str, Callable[
 
 
 def _rerace(ours: Callable[[], Any], peer: Callable[[], Any]) -> tuple[float, float, float]:
-    """A second, longer race of the recommendation against one peer, the peer first this time.
+    """A second, longer race of the recommendation against that one peer.
 
     With 20-odd rows, one whose interval lies wholly below 1.0 turns up by chance or by the host's
     drift in some runs; a gap that is real shows again here.
     """
-    theirs, mine = race([peer, ours], min_seconds=6.0, min_rounds=40, warmup=5)
+    mine, theirs = race([ours, peer], min_seconds=6.0, min_rounds=40, warmup=5)
     return (paired_ratio(theirs, mine), *paired_interval(theirs, mine))
 
 
@@ -160,7 +160,7 @@ def main() -> None:
                 again = _rerace(run, peers[fastest]) if high < 1.0 else None
                 if again is not None:
                     ratio, lo, hi = again
-                    print(f"{'':34}re-raced against {fastest} alone, peer first: {ratio:.2f} [{lo:.2f}, {hi:.2f}]")
+                    print(f"{'':34}re-raced against {fastest} alone: {ratio:.2f} [{lo:.2f}, {hi:.2f}]")
                 against_best.append((best, low, high, again is not None and again[2] < 1.0))
     if against_best:
         median = statistics.median(r for r, *_ in against_best)

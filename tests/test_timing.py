@@ -38,6 +38,20 @@ def test_every_candidate_gets_several_rounds_however_fast_it_is() -> None:
     assert timings[0].runs > 10 * len(timings[0].blocks)  # blocks of many runs, not run by run
 
 
+def test_each_round_runs_the_candidates_in_a_new_order() -> None:
+    # in a fixed order one candidate always followed the same other one and carried its after-effects
+    order: list[str] = []
+    names = "abcd"
+    fns = [lambda n=n: order.append(n) for n in names]
+    timings = race(fns, warmup=0, min_runs=1, min_seconds=0.0, min_rounds=12, block_seconds=0.0, pause_seconds=0.0)
+    assert all(len(t.blocks) == 12 for t in timings)
+    rounds = ["".join(n for n, _ in itertools.groupby(order[i : i + 8])) for i in range(0, len(order), 8)]
+    assert all(sorted(r) == list(names) for r in rounds)  # one block each per round
+    assert len(set(rounds)) > 3
+    followers = {r[i + 1] for r in rounds for i in range(3) if r[i] == "a"}
+    assert len(followers) == 3  # "a" was followed by each of the others in some round
+
+
 def test_the_paired_ratio_cancels_drift_that_pooled_medians_do_not() -> None:
     # b is 10% slower than a; the host slowed 3x from round 3 on, just after a's block of that round
     a = _blocks([1.0, 1.0, 1.0, 3.0, 3.0])
