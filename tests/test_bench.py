@@ -240,3 +240,15 @@ def test_the_runoff_races_on_only_the_candidates_it_cannot_yet_tell_from_the_lea
     unsure = rounds([0.95, 1.08, 0.97, 1.1, 0.96, 1.07, 0.98, 1.09, 0.94, 1.06])
     assert _undecided([leader, slower, twin, unsure]) == [True, False, False, True]
     assert _undecided([leader, slower, twin]) == [False, False, False]  # nothing left to settle: stop
+
+
+def test_the_runoff_races_on_a_more_exact_variant_until_its_margin_is_settled() -> None:
+    def rounds(ms: list[float]) -> Timing:
+        return Timing.of([m / 1e3 for m in ms], [[m / 1e3] for m in ms])
+
+    int8 = rounds([1.0] * 10)
+    fp32 = rounds([1.02, 1.18, 1.05, 1.15, 1.03, 1.12, 1.04, 1.2, 1.01, 1.1])  # surely slower; by 3%? unsure
+    far = rounds([1.2] * 10)  # surely slower by more than 3%: settled
+    assert _undecided([int8, fp32], [2, 0]) == [True, True]
+    assert _undecided([int8, fp32], [0, 0]) == [False, False]  # same precision: it cannot win, settled
+    assert _undecided([int8, far], [2, 0]) == [False, False]
