@@ -2,7 +2,7 @@
 
 Per zoo model and batch size (1 and 16 by default): export a package (every path, fp16 and int8),
 let `toolchain.bench` recommend the fastest artifact that matches eager (trusted host: TorchScript
-and .pt2 count), then race it side by side, in alternating blocks, against
+and .pt2 count), then race it side by side, in interleaved blocks (a new order each round), against
   eager PyTorch, torch.jit trace + freeze + optimize_for_inference, torch.compile (inductor,
   freezing=True) and ONNX Runtime on a plain torch.onnx.export with default session options.
 The plain export is static (every dim at the benchmarked size); so are the ONNX Runtime sessions `bench` plans here
@@ -125,7 +125,7 @@ def main() -> None:
     parsed = parser.parse_args()
     torch.set_num_threads(THREADS)
     batches = [int(b) for b in parsed.batch.split(",")]
-    against_best: list[tuple[float, float, float, bool]] = []
+    against_best: list[tuple[float, float, bool]] = []  # ratio, interval's high end, below in the re-race
     print(
         f"{'model':26} {'batch':>5}  {'recommended':56} "
         + " ".join(f"{p:>14}" for p in PEERS)
@@ -161,12 +161,13 @@ def main() -> None:
                 if again is not None:
                     ratio, lo, hi = again
                     print(f"{'':34}re-raced against {fastest} alone: {ratio:.2f} [{lo:.2f}, {hi:.2f}]")
-                against_best.append((best, low, high, again is not None and again[2] < 1.0))
+                against_best.append((best, high, again is not None and again[2] < 1.0))
     if against_best:
-        median = statistics.median(r for r, *_ in against_best)
+        median = statistics.median(r for r, _, _ in against_best)
         print(f"median ratio against the fastest peer: {median:.2f} over {len(against_best)} rows")
-        below, sure = sum(r < 1.0 for r, *_ in against_best), sum(row[2] < 1.0 for row in against_best)
-        confirmed = sum(row[3] for row in against_best)
+        below = sum(r < 1.0 for r, _, _ in against_best)
+        sure = sum(high < 1.0 for _, high, _ in against_best)
+        confirmed = sum(again for _, _, again in against_best)
         print(
             f"rows below 1.0: {below}, of which {sure} with the whole 95% interval below 1.0 "
             f"and {confirmed} also below in the re-race"
