@@ -8,7 +8,8 @@ arithmetic away; with ``plan="shape"`` the session is planned for the whole benc
 symbolic dim at its benchmarked size, as a server that pads to fixed buckets would run it): faster
 still on graphs whose other dims feed shape arithmetic, and it refuses every other size. The
 candidates within `RUNOFF_MARGIN` of the fastest are then raced side by side (`timing.race`), so
-the choice between near-equal ones is not left to the host's drift between rows.
+the choice between near-equal ones is not left to the host's drift between rows; who is within the
+margin is decided in a short heat of every candidate, also raced side by side.
 The recommendation per batch is the fastest artifact that matched; artifacts whose loading runs code
 (TorchScript, ``.pt2``) are candidates only on trusted hosts, and the fastest ONNX Runtime artifact is
 always named as the portable choice.
@@ -41,7 +42,9 @@ __all__ = ["PLANS", "RUNOFF_MARGIN", "BenchReport", "BenchRow", "bench_package",
 
 EAGER = "eager"
 RUNOFF_MARGIN = 0.5
-"""Candidates this much slower than the fastest (measured one after another) are raced side by side."""
+"""Candidates this much slower than the fastest in a short heat are raced on side by side."""
+HEAT_SECONDS = 0.3
+"""Each candidate's time in the heat (3 rounds) that picks who enters the run-off."""
 RUNOFF_EXTRA_SECONDS = 3.0
 """After 10 rounds the run-off races on, this long at most, the candidates it cannot yet tell from the
 leader: on a CTC model at batch 1 the legacy ONNX file ran 5-8% slower than the torch.export one in
@@ -138,7 +141,7 @@ class BenchReport:
         """Fastest artifact that matched eager at `batch` (ONNX Runtime only when `portable`).
 
         Rows raced in the run-off are ranked by their paired ratio to the fastest raced one; the
-        others are slower than all of them by more than `RUNOFF_MARGIN`, measured one after another.
+        others were slower than the fastest by more than `RUNOFF_MARGIN` in a heat raced side by side.
         Within `TIE_MARGIN` of the fastest the most exact variant wins (fp32, then fp16, then int8):
         on a CPU fp16 is rarely faster, and trading precision for a gain inside the host's noise is
         not a trade. Among raced rows "within" means not surely slower (`_most_exact_of_raced`).
@@ -205,7 +208,8 @@ class BenchReport:
             lines.append("note: ort[...] sessions are planned for the benchmarked shape and refuse every other size")
         lines.append(
             "* recommended: fastest artifact that matched eager on these inputs (code-loading ones only if trusted);"
-            f" raced: p50 when the candidates within {RUNOFF_MARGIN:.0%} of the fastest ran side by side,"
+            f" raced: p50 when the candidates within {RUNOFF_MARGIN:.0%} of the fastest (in a short heat)"
+            " ran side by side,"
             " /best: over the fastest of them, paired round by round (the ranking)"
         )
         return "\n".join(lines)
@@ -327,9 +331,19 @@ def _exactness(row: BenchRow) -> int:
 
 
 def _runoff(rows: list[BenchRow], runs: Mapping[int, Callable[[], Any]]) -> None:
-    """Race the candidates within `RUNOFF_MARGIN` of the fastest side by side; store their timings."""
-    best = min((rows[i].timing.p50_ms for i in runs), default=0.0)
-    close = [i for i in runs if rows[i].timing.p50_ms <= best * (1 + RUNOFF_MARGIN)]
+    """Race the candidates within `RUNOFF_MARGIN` of the fastest side by side; store their timings.
+
+    Who is within the margin is decided in a short heat of every candidate, raced side by side, not
+    by the rows' own timings: those were taken one after another, and under the host's drift an int8
+    file timed alone in a fast window came within the margin while the others did not, and was
+    recommended although 18-46% slower than the fp32 ones raced side by side (GBDT model, batch 1).
+    """
+    if len(runs) < 2:
+        return
+    every = list(runs)
+    heat = race([runs[i] for i in every], warmup=1, min_seconds=HEAT_SECONDS, min_rounds=3)
+    lead = _leader(heat)
+    close = [i for i, t in zip(every, heat, strict=True) if paired_ratio(t, lead) <= 1 + RUNOFF_MARGIN]
     if len(close) < 2:
         return
     exactness = [_exactness(rows[i]) for i in close]
