@@ -85,6 +85,12 @@ def test_the_runoff_races_only_the_candidates_near_the_fastest_side_by_side() ->
     assert rows[2].runoff is None and rows[3].runoff is None
     assert min(r.runoff_ratio or 9.0 for r in rows[:2]) <= 1.0 <= max(r.runoff_ratio or 0.0 for r in rows[:2])
     assert calls["a"] >= 10 + calls["c"] and calls["b"] >= 10 + calls["c"]  # c ran in the heat only
+    # timed alone, b looked fastest; side by side it is 5x slower and the heat leaves a alone
+    rows = [_row("a", "ort", 1.0), _row("b", "ort", 0.5)]
+    _runoff(rows, {0: run("a", 1e-3), 1: run("b", 5e-3)})
+    assert rows[0].runoff_ratio == 1.0 and rows[1].runoff is None
+    report = BenchReport(Path("p"), "m", trusted=True, rows=rows)
+    assert report.recommended(1) is rows[0]
     alone = [_row("a", "ort", 1.0)]
     _runoff(alone, {0: run("a", 0.0)})
     assert alone[0].runoff is None

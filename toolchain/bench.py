@@ -344,7 +344,8 @@ def _runoff(rows: list[BenchRow], runs: Mapping[int, Callable[[], Any]]) -> None
     heat = race([runs[i] for i in every], warmup=1, min_seconds=HEAT_SECONDS, min_rounds=3)
     lead = _leader(heat)
     close = [i for i, t in zip(every, heat, strict=True) if paired_ratio(t, lead) <= 1 + RUNOFF_MARGIN]
-    if len(close) < 2:
+    if len(close) < 2:  # the heat's leader stands alone: it is the one raced row, so it is recommended
+        rows[close[0]] = replace(rows[close[0]], runoff=lead, runoff_ratio=1.0)
         return
     exactness = [_exactness(rows[i]) for i in close]
     timings = race(
