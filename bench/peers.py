@@ -184,7 +184,7 @@ def main() -> None:
                 if high < 1.0:
                     twin = _plain_session(plain, feeds) if fastest == "ort-plain" else None
                     (ratio, lo, hi), floor = _rerace(run, peers[fastest], twin)
-                    line = f"{'':34}re-raced against {fastest} alone: {ratio:.2f} [{lo:.2f}, {hi:.2f}]"
+                    line = f"{'':34}re-raced against {fastest}: {ratio:.2f} [{lo:.2f}, {hi:.2f}]"
                     if floor is not None:
                         line += f"; a second session of the same file: {floor[0]:.2f} [{floor[1]:.2f}, {floor[2]:.2f}]"
                     print(line)
