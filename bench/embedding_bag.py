@@ -24,8 +24,8 @@ import torch
 import zoo  # noqa: F401 - registers the zoo
 from exporters._capture import capture_findings
 from exporters.onnx import OnnxExporter
-from toolchain.samples import generate_samples, make_feed
-from toolchain.spec import SPECS, ModelSpec
+from toolchain.core.samples import generate_samples, make_feed
+from toolchain.core.spec import SPECS, ModelSpec
 
 THREADS = 2
 

@@ -16,9 +16,9 @@ from onnx import numpy_helper
 
 import zoo  # noqa: F401 - registers the zoo
 from exporters.onnx import OnnxExporter
-from toolchain.localize import localize
-from toolchain.samples import generate_samples
-from toolchain.spec import SPECS
+from toolchain.core.samples import generate_samples
+from toolchain.core.spec import SPECS
+from toolchain.diagnose.localize import localize
 
 MODELS = ("feed.dlrm_small", "image.resnet_small", "image.mobilenetv2_small", "search.text_encoder", "speech.ctc_small")
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 import zoo  # noqa: F401
-from toolchain.paths import StageDrift
-from toolchain.pipeline import export_package
-from toolchain.spec import SPECS
+from toolchain.build.paths import StageDrift
+from toolchain.build.pipeline import export_package
+from toolchain.core.spec import SPECS
 
 
 def _speed(drift: dict[str, StageDrift], stage: str, base: StageDrift) -> float:

@@ -1,7 +1,7 @@
 """The recommended runtime of each zoo package against the peers a user would otherwise pick.
 
 Per zoo model and batch size (1 and 16 by default): export a package (every path, fp16 and int8),
-let `toolchain.bench` recommend the fastest artifact that matches eager (trusted host: TorchScript
+let `toolchain.perf.bench` recommend the fastest artifact that matches eager (trusted host: TorchScript
 and .pt2 count), then race it side by side, in interleaved blocks (a new order each round), against
   eager PyTorch, torch.jit trace + freeze + optimize_for_inference, torch.compile (inductor,
   freezing=True) and ONNX Runtime on a plain torch.onnx.export with default session options.
@@ -36,12 +36,12 @@ import torch
 import zoo  # noqa: F401
 from runtimes import runtime_for
 from runtimes.ort import OrtOptions, OrtRuntime
-from toolchain.bench import bench_package
-from toolchain.package import open_package
-from toolchain.pipeline import export_package
-from toolchain.samples import make_feed
-from toolchain.spec import SPECS, ModelSpec
-from toolchain.timing import paired_interval, paired_ratio, race
+from toolchain.build.pipeline import export_package
+from toolchain.core.samples import make_feed
+from toolchain.core.spec import SPECS, ModelSpec
+from toolchain.package.format import open_package
+from toolchain.perf.bench import bench_package
+from toolchain.perf.timing import paired_interval, paired_ratio, race
 
 THREADS = 2
 PEERS = ("eager", "jit-frozen", "compile-frozen", "ort-plain")

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from runtimes.ort import OrtOptions, OrtRuntime, OrtSession, expand_providers
-from toolchain.errors import ToolchainError
-from toolchain.package import Package, load_array, open_package
-from toolchain.parity import Tolerance
-from toolchain.timing import paired_ratio, race
-from toolchain.verify import replay
+from toolchain.core.errors import ToolchainError
+from toolchain.core.parity import Tolerance
+from toolchain.package.format import Package, load_array, open_package
+from toolchain.package.verify import replay
+from toolchain.perf.timing import paired_ratio, race
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Toolchain overhead on the zoo: export + verify + package (default paths) vs a bare dynamo ONNX export.
 
 Run: ``python bench/zoo_overhead.py [--models feed.dlrm_small,image.cnn_small] [--formats auto]``.
-Prints, per model, the seconds of ``toolchain.pipeline.export_package`` (every path the model
+Prints, per model, the seconds of ``toolchain.build.pipeline.export_package`` (every path the model
 declares, each verified at every sample size, then packaged) beside the seconds of a bare
 ``torch.onnx.export(dynamo=True)`` of the same model with the same dynamic shapes, measured in the
 same process, and the ratio. Target: total ratio <= 2.0 with the default paths.
@@ -19,9 +19,9 @@ import torch
 import zoo  # noqa: F401 - registers the zoo
 from exporters._capture import capture_findings
 from exporters.onnx import _dynamic_shapes
-from toolchain.pipeline import export_package
-from toolchain.samples import generate_samples
-from toolchain.spec import SPECS, ModelSpec
+from toolchain.build.pipeline import export_package
+from toolchain.core.samples import generate_samples
+from toolchain.core.spec import SPECS, ModelSpec
 
 SERVICES = ("feed", "face", "image", "search", "translation", "integrity", "speech")
 

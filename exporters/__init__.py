@@ -9,8 +9,8 @@ from exporters.exported_program import ExportedProgramExporter
 from exporters.onnx import OnnxExporter
 from exporters.onnx_legacy import LegacyOnnxExporter
 from exporters.torchscript import TorchScriptExporter
-from toolchain.protocols import Exporter
-from toolchain.registry import Registry
+from toolchain.core.protocols import Exporter
+from toolchain.core.registry import Registry
 
 __all__ = ["EXPORTERS"]
 

@@ -12,7 +12,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 
-from toolchain.artifact import Finding
+from toolchain.core.artifact import Finding
 
 __all__ = ["capture_findings", "summarize_error"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from toolchain.artifact import Finding
-from toolchain.spec import ModelSpec
+from toolchain.core.artifact import Finding
+from toolchain.core.spec import ModelSpec
 
 if TYPE_CHECKING:
     from torch.export import ExportedProgram

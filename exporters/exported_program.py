@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 from exporters._capture import capture_findings, summarize_error
 from exporters._shapes import exported_program_findings
 from exporters.onnx import _dynamic_shapes
-from toolchain.artifact import Artifact
-from toolchain.errors import ExportError
-from toolchain.samples import SampleSet
-from toolchain.spec import ModelSpec
+from toolchain.core.artifact import Artifact
+from toolchain.core.errors import ExportError
+from toolchain.core.samples import SampleSet
+from toolchain.core.spec import ModelSpec
 
 if TYPE_CHECKING:
     from torch.export import ExportedProgram

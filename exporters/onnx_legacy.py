@@ -8,10 +8,10 @@ from typing import Any
 
 from exporters._capture import capture_findings, summarize_error
 from exporters.onnx import onnx_artifact
-from toolchain.artifact import Artifact
-from toolchain.errors import ExportError
-from toolchain.samples import SampleSet
-from toolchain.spec import ModelSpec
+from toolchain.core.artifact import Artifact
+from toolchain.core.errors import ExportError
+from toolchain.core.samples import SampleSet
+from toolchain.core.spec import ModelSpec
 
 __all__ = ["LegacyOnnxExporter"]
 

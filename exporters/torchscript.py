@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from exporters._capture import capture_findings, summarize_error
-from toolchain.artifact import Artifact, Finding
-from toolchain.errors import ExportError
-from toolchain.samples import SampleSet
-from toolchain.spec import ModelSpec
+from toolchain.core.artifact import Artifact, Finding
+from toolchain.core.errors import ExportError
+from toolchain.core.samples import SampleSet
+from toolchain.core.spec import ModelSpec
 
 __all__ = ["TorchScriptExporter"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from runtimes.exported_program import ExportedProgramRuntime
 from runtimes.ort import OrtRuntime
 from runtimes.torchscript import TorchScriptRuntime
-from toolchain.protocols import Runtime
-from toolchain.registry import Registry
+from toolchain.core.protocols import Runtime
+from toolchain.core.registry import Registry
 
 __all__ = ["RUNTIMES", "runtime_for"]
 

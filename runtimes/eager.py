@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from toolchain.errors import InferenceError, SpecError, first_line
-from toolchain.signature import FeedGuard, Signature
+from toolchain.core.errors import InferenceError, SpecError, first_line
+from toolchain.core.signature import FeedGuard, Signature
 
 __all__ = ["EagerSession", "flatten_outputs", "torch_available"]
 

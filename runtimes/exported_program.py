@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 
 from runtimes.eager import EagerSession, torch_available
-from toolchain.errors import RuntimeLoadError, first_line
-from toolchain.signature import Signature
+from toolchain.core.errors import RuntimeLoadError, first_line
+from toolchain.core.signature import Signature
 
 __all__ = ["ExportedProgramRuntime", "ExportedProgramSession"]
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from toolchain.errors import InferenceError, RuntimeLoadError, first_line
-from toolchain.signature import FeedGuard, Signature, TensorSig
+from toolchain.core.errors import InferenceError, RuntimeLoadError, first_line
+from toolchain.core.signature import FeedGuard, Signature, TensorSig
 
 __all__ = [
     "DEVICE_ORDER",

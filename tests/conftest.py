@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from toolchain.package import _sha256
-from toolchain.pipeline import export_package
-from toolchain.spec import Dim, Input, ModelSpec
+from toolchain.build.pipeline import export_package
+from toolchain.core.spec import Dim, Input, ModelSpec
+from toolchain.package.format import _sha256
 
 
 class Tiny(nn.Module):
@@ -56,7 +56,7 @@ def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def dlrm_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import zoo  # noqa: F401
-    from toolchain.spec import SPECS
+    from toolchain.core.spec import SPECS
 
     out = tmp_path_factory.mktemp("dlrm") / "pkg"
     result = export_package(SPECS.get("feed.dlrm_small"), out)

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from toolchain.cli import app
-from toolchain.errors import SpecError, TargetError
-from toolchain.spec import SPECS
-from toolchain.target import resolve_target
+from toolchain.core.errors import SpecError, TargetError
+from toolchain.core.spec import SPECS
+from toolchain.core.target import resolve_target
 
 runner = CliRunner()
 

@@ -6,11 +6,14 @@ import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from toolchain.errors import TargetError, ToolchainError
+from toolchain.core.errors import TargetError, ToolchainError
+
+if TYPE_CHECKING:
+    from toolchain.core.spec import ModelSpec
 
 __all__ = ["app", "main"]
 
@@ -75,11 +78,10 @@ def export(
     """Export TARGET through each path, verify against eager at every sample size, package what passes."""
     from rich.console import Console
 
-    from toolchain.pipeline import export_package
-    from toolchain.target import resolve_target
+    from toolchain.build.pipeline import export_package
 
     console = Console(stderr=True)
-    spec = resolve_target(target)
+    spec = _resolve_target(target)
     chosen = () if formats == "all" else tuple(f.strip() for f in formats.split(",") if f.strip())
     with console.status(f"{spec.name}: starting") as status:
         result = export_package(
@@ -138,7 +140,7 @@ def verify(
     ] = "auto",
 ) -> None:
     """Check every file's hash, then replay the golden samples; exit 1 on any failure."""
-    from toolchain.verify import verify_package
+    from toolchain.package.verify import verify_package
 
     report = verify_package(package, trust=trust, providers=_providers(provider))
     for line in report.summary_lines():
@@ -158,10 +160,9 @@ def diagnose(
     sample: Annotated[str, typer.Option("--sample", help="Sample set to localise on (default: first failing).")] = "",
 ) -> None:
     """Export TARGET, compare with eager, and name the first module (and source line) that diverges."""
-    from toolchain.diagnose import diagnose as run_diagnosis
-    from toolchain.target import resolve_target
+    from toolchain.diagnose.diagnosis import diagnose as run_diagnosis
 
-    result = run_diagnosis(resolve_target(target), exporter=fmt, sample=sample)
+    result = run_diagnosis(_resolve_target(target), exporter=fmt, sample=sample)
     for report in result.reports:
         typer.echo(f"  {report}".replace("\n", "\n  "))
     if result.localization is not None:
@@ -177,8 +178,8 @@ def diagnose(
 @_one_line_errors
 def inspect(package: Annotated[Path, typer.Argument(help="Package folder to describe.")]) -> None:
     """Print a package's signature, artifacts and recorded parity (after checking its hashes)."""
-    from toolchain.package import open_package
-    from toolchain.report import runtime_label
+    from toolchain.package.format import open_package
+    from toolchain.package.report import runtime_label
 
     pkg = open_package(package)
     sig = pkg.signature
@@ -215,8 +216,8 @@ def zoo(
 ) -> None:
     """List the registered models: parameters, FLOPs at the export size, tags and export paths."""
     import zoo as _zoo  # noqa: F401 - registers the zoo's models
-    from toolchain.spec import SPECS
-    from toolchain.stats import human, model_stats
+    from toolchain.core.spec import SPECS
+    from toolchain.perf.stats import human, model_stats
 
     typer.echo(f"{'model':<28} {'params':>8} {'FLOPs':>8}  {'tags':<24} paths")
     for name in SPECS:
@@ -268,8 +269,7 @@ def bench(
     import tempfile
 
     from runtimes.ort import OrtOptions
-    from toolchain.bench import bench_package, record_bench
-    from toolchain.target import resolve_target
+    from toolchain.perf.bench import bench_package, record_bench
 
     try:
         batches = tuple(int(b) for b in batch.split(",") if b.strip())
@@ -283,9 +283,9 @@ def bench(
         if path.is_dir():
             spec = _spec_of_package(path)
         else:
-            from toolchain.pipeline import export_package
+            from toolchain.build.pipeline import export_package
 
-            spec = resolve_target(target)
+            spec = _resolve_target(target)
             path = Path(tmp) / "pkg"
             typer.echo(f"exporting {spec.name} into a temporary package ...", err=True)
             if not export_package(spec, path, precisions=("fp32", "fp16", "int8")):
@@ -324,8 +324,8 @@ def _parse_sizes(text: str) -> dict[str, int]:
 
 def _spec_of_package(path: Path) -> Any:
     """The registered spec a package was exported from (zoo models are importable), if any."""
-    from toolchain.package import open_package
-    from toolchain.spec import SPECS
+    from toolchain.core.spec import SPECS
+    from toolchain.package.format import open_package
 
     name = open_package(path).name
     if name not in SPECS.names():
@@ -386,10 +386,10 @@ def gate(
     """Run the parity gate (the help text is `_GATE_HELP`); exit 0 pass, 1 failure, 2 usage error."""
     import time
 
-    from toolchain.baseline import BaselinePolicy, load_baseline, write_baseline
-    from toolchain.executors import make_executor
-    from toolchain.gate import judge, parse_formats, run_gate, select_specs
-    from toolchain.gate_report import live_progress, write_reports
+    from toolchain.gate.baseline import BaselinePolicy, load_baseline, write_baseline
+    from toolchain.gate.executors import make_executor
+    from toolchain.gate.report import live_progress, write_reports
+    from toolchain.gate.runner import judge, parse_formats, run_gate, select_specs
 
     start = time.perf_counter()
     try:
@@ -432,6 +432,14 @@ def gate(
         typer.echo(f"baseline written: {baseline} ({len(results)} models recorded)")
     elif not outcome:
         raise typer.Exit(1)
+
+
+def _resolve_target(target: str) -> ModelSpec:
+    """The spec TARGET names; the zoo is imported first so that its names resolve."""
+    import zoo  # noqa: F401 - registers the zoo's models
+    from toolchain.core.target import resolve_target
+
+    return resolve_target(target)
 
 
 def main() -> None:

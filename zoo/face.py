@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolchain import Dim, Input, TaskCheck, exportable
+from toolchain.core import Dim, Input, TaskCheck, exportable
 from zoo._blocks import random_bn
 
 __all__ = ["EMBED", "FaceEmbedder", "LogisticMatcher", "SvmMatcher", "pair_features"]

@@ -15,7 +15,7 @@ import itertools
 import torch
 from torch import nn
 
-from toolchain import Dim, Input, TaskCheck, exportable
+from toolchain.core import Dim, Input, TaskCheck, exportable
 
 __all__ = ["DLRMRagged", "DLRMSmall"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from toolchain import Dim, TaskCheck, exportable
+from toolchain.core import Dim, TaskCheck, exportable
 from zoo._blocks import random_bn
 
 __all__ = ["BasicBlock", "InvertedResidual", "MobileNetV2Small", "ResNetSmall", "SmallCNN"]

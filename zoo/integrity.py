@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from toolchain import Dim, Input, TaskCheck, exportable
+from toolchain.core import Dim, Input, TaskCheck, exportable
 
 __all__ = [
     "GBDTLogisticRegression",

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolchain import Dim, Input, TaskCheck, exportable
+from toolchain.core import Dim, Input, TaskCheck, exportable
 from zoo._blocks import position_table
 
 __all__ = ["TextEncoder", "TwoTower"]

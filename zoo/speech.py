@@ -55,7 +55,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from toolchain import Dim, Input, TaskCheck, exportable
+from toolchain.core import Dim, Input, TaskCheck, exportable
 
 __all__ = ["CTCSmall", "conv_frames"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from models import Scorer
 
-from toolchain.testing import assert_parity
+from toolchain.gate.testing import assert_parity
 
 
 def test_scorer_is_a_probability() -> None:

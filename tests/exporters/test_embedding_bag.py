@@ -13,9 +13,9 @@ from torch import nn
 import zoo  # noqa: F401 - registers the zoo
 from exporters.onnx import OnnxExporter
 from runtimes.ort import OrtRuntime
-from toolchain.parity import compare
-from toolchain.samples import SampleSet, generate_samples, make_feed
-from toolchain.spec import SPECS, Dim, Input, ModelSpec
+from toolchain.core.parity import compare
+from toolchain.core.samples import SampleSet, generate_samples, make_feed
+from toolchain.core.spec import SPECS, Dim, Input, ModelSpec
 
 ROWS, WIDTH, BAG, PAD = 12, 3, 4, 7
 

@@ -10,10 +10,10 @@ from torch import nn
 from exporters.exported_program import ExportedProgramExporter
 from tests.conftest import TINY
 from tests.exporters.test_shapes import HardCodedView, ShapeBranch
-from toolchain.artifact import Artifact
-from toolchain.errors import ExportError
-from toolchain.samples import generate_samples
-from toolchain.spec import Dim, Input, ModelSpec
+from toolchain.core.artifact import Artifact
+from toolchain.core.errors import ExportError
+from toolchain.core.samples import generate_samples
+from toolchain.core.spec import Dim, Input, ModelSpec
 
 
 def _spec(factory: type[nn.Module]) -> ModelSpec:

@@ -9,9 +9,9 @@ from torch import nn
 
 from exporters.onnx import OnnxExporter
 from tests.conftest import TINY
-from toolchain.errors import ExportError
-from toolchain.samples import generate_samples
-from toolchain.spec import Dim, Input, ModelSpec
+from toolchain.core.errors import ExportError
+from toolchain.core.samples import generate_samples
+from toolchain.core.spec import Dim, Input, ModelSpec
 
 
 def _export(spec: ModelSpec, workdir: Path):

@@ -13,12 +13,12 @@ from runtimes.eager import EagerSession
 from runtimes.ort import OrtRuntime
 from tests.conftest import TINY
 from tests.exporters.test_shapes import ShapeBranch
-from toolchain.artifact import Artifact
-from toolchain.errors import ExportError, InferenceError
-from toolchain.parity import ParityReport, compare
-from toolchain.samples import generate_samples
-from toolchain.signature import Signature, TensorSig
-from toolchain.spec import Dim, Input, ModelSpec
+from toolchain.core.artifact import Artifact
+from toolchain.core.errors import ExportError, InferenceError
+from toolchain.core.parity import ParityReport, compare
+from toolchain.core.samples import generate_samples
+from toolchain.core.signature import Signature, TensorSig
+from toolchain.core.spec import Dim, Input, ModelSpec
 
 
 class ZerosOfBatch(nn.Module):

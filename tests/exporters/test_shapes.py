@@ -10,8 +10,8 @@ from torch import nn
 from exporters._shapes import exported_program_findings
 from exporters.onnx import _dynamic_shapes
 from tests.conftest import TINY
-from toolchain.samples import generate_samples
-from toolchain.spec import Dim, Input, ModelSpec
+from toolchain.core.samples import generate_samples
+from toolchain.core.spec import Dim, Input, ModelSpec
 
 
 class ShapeBranch(nn.Module):

@@ -12,12 +12,12 @@ from exporters.torchscript import TorchScriptExporter
 from runtimes.eager import EagerSession
 from runtimes.torchscript import TorchScriptRuntime
 from tests.conftest import TINY
-from toolchain.artifact import Artifact
-from toolchain.errors import ExportError
-from toolchain.parity import compare
-from toolchain.samples import generate_samples
-from toolchain.signature import Signature, TensorSig
-from toolchain.spec import Dim, Input, ModelSpec
+from toolchain.core.artifact import Artifact
+from toolchain.core.errors import ExportError
+from toolchain.core.parity import compare
+from toolchain.core.samples import generate_samples
+from toolchain.core.signature import Signature, TensorSig
+from toolchain.core.spec import Dim, Input, ModelSpec
 
 
 def _spec(factory: Any, name: str) -> ModelSpec:

@@ -10,11 +10,11 @@ from exporters.exported_program import ExportedProgramExporter
 from runtimes.eager import EagerSession
 from runtimes.exported_program import ExportedProgramRuntime, ExportedProgramSession
 from tests.conftest import TINY
-from toolchain.errors import FeedError, InferenceError, RuntimeLoadError
-from toolchain.parity import compare
-from toolchain.samples import generate_samples
-from toolchain.signature import Signature, TensorSig
-from toolchain.spec import Dim, ModelSpec
+from toolchain.core.errors import FeedError, InferenceError, RuntimeLoadError
+from toolchain.core.parity import compare
+from toolchain.core.samples import generate_samples
+from toolchain.core.signature import Signature, TensorSig
+from toolchain.core.spec import Dim, ModelSpec
 
 SIGNATURE = Signature(
     inputs=(TensorSig("x", "float32", ("batch", 4)),),

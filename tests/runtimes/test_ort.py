@@ -8,8 +8,8 @@ import pytest
 
 from runtimes import RUNTIMES, runtime_for
 from runtimes.ort import OrtOptions, OrtRuntime, expand_providers, resolve_providers, short_name
-from toolchain.errors import FeedError, InferenceError, RuntimeLoadError
-from toolchain.package import open_package
+from toolchain.core.errors import FeedError, InferenceError, RuntimeLoadError
+from toolchain.package.format import open_package
 
 
 @pytest.fixture

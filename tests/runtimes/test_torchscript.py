@@ -11,9 +11,9 @@ import pytest
 from exporters.torchscript import TorchScriptExporter
 from runtimes.torchscript import TorchScriptRuntime, TorchScriptSession
 from tests.conftest import TINY
-from toolchain.errors import FeedError, InferenceError, RuntimeLoadError
-from toolchain.samples import generate_samples
-from toolchain.signature import Signature, TensorSig
+from toolchain.core.errors import FeedError, InferenceError, RuntimeLoadError
+from toolchain.core.samples import generate_samples
+from toolchain.core.signature import Signature, TensorSig
 
 SIGNATURE = Signature(
     inputs=(TensorSig("x", "float32", ("batch", 4)),),

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 import zoo.face
-from toolchain.samples import generate_samples
-from toolchain.spec import FORMATS, SPECS
+from toolchain.core.samples import generate_samples
+from toolchain.core.spec import FORMATS, SPECS
 
 MATCHERS = ["face.match_lr", "face.match_svm"]
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import zoo.image
-from toolchain.spec import FORMATS, SPECS
+from toolchain.core.spec import FORMATS, SPECS
 
 NEW = ["image.resnet_small", "image.mobilenetv2_small"]
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from toolchain.spec import SPECS
+from toolchain.core.spec import SPECS
 from zoo.integrity import (
     DEPTH,
     FEATURES,

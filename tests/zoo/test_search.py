@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from toolchain.spec import SPECS
+from toolchain.core.spec import SPECS
 from zoo.search import MAX_LEN, VOCAB, TextEncoder, TwoTower
 
 

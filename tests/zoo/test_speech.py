@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from toolchain.spec import SPECS
+from toolchain.core.spec import SPECS
 from zoo.speech import BLANK, HIDDEN, MELS, VOCAB, CTCSmall
 
 SPEC = SPECS.get("speech.ctc_small")

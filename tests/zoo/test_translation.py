@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from toolchain.samples import generate_samples
-from toolchain.spec import SPECS
+from toolchain.core.samples import generate_samples
+from toolchain.core.spec import SPECS
 from zoo.translation import BOS, EOS, FIRST_WORD, MAX_STEPS, PAD, VOCAB, GreedyDecoder, Seq2Seq
 
 

@@ -8,10 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 import zoo  # noqa: F401
+from toolchain.build.pipeline import export_package
 from toolchain.cli import app
-from toolchain.pipeline import export_package
-from toolchain.spec import FORMATS, SPECS
-from toolchain.verify import verify_package
+from toolchain.core.spec import FORMATS, SPECS
+from toolchain.package.verify import verify_package
 
 SERVICES = ("feed", "face", "image", "search", "translation", "integrity", "speech")
 ZOO = [name for name in SPECS.names() if name.split(".")[0] in SERVICES]

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from tests.conftest import TINY
+from toolchain.build.passes import PASSES, GraphPass, onnxscript_optimizer
+from toolchain.build.pipeline import export_package
+from toolchain.package.verify import verify_package
+
+
+def _scale_first_weight(src: Path, dst: Path) -> None:
+    model = onnx.load(str(src))
+    init = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1.01), init.name))
+    onnx.save(model, str(dst))
+
+
+def _crash(src: Path, dst: Path) -> None:
+    raise RuntimeError("this pass always crashes")
+
+
+FAULTY = GraphPass("scale-weights", ("onnx",), _scale_first_weight, "a deliberately wrong pass")
+CRASHING = GraphPass("crash", ("onnx",), _crash, "a pass that raises")
+
+
+def test_a_pass_that_breaks_parity_is_skipped_and_reported(tmp_path: Path) -> None:
+    passes = (PASSES[0], FAULTY, CRASHING, *PASSES[1:])
+    result = export_package(TINY, tmp_path / "pkg", formats=["onnx"], passes=passes)
+    assert result, result.failed_stage
+    steps = {p.name: p for p in result.path("onnx").passes}
+    assert steps["scale-weights"].status == "skipped"
+    assert "breaks parity on sample 'export'" in steps["scale-weights"].reason
+    assert "first divergence at module `fc1`" in steps["scale-weights"].reason
+    assert steps["crash"].status == "failed" and "always crashes" in steps["crash"].reason
+    assert steps["onnxscript-optimizer"].status in ("kept", "skipped")
+    artifact = result.path("onnx").artifact
+    assert artifact is not None and "scale-weights" not in artifact.passes
+    assert verify_package(tmp_path / "pkg")
+    report = (tmp_path / "pkg" / "report.md").read_text()
+    assert "| onnx | scale-weights | skipped |" in report
+    assert "## Stage drift against eager" in report
+    manifest = json.loads((tmp_path / "pkg" / "manifest.json").read_text())
+    assert manifest["artifacts"][0]["passes"] == list(artifact.passes)
+
+
+def test_no_optimize_leaves_the_exported_graph(tmp_path: Path) -> None:
+    result = export_package(TINY, tmp_path / "pkg", formats=["onnx"], optimize=False)
+    assert result
+    assert result.path("onnx").passes == []
+    assert result.stage("optimize").detail == "skipped (--no-optimize)"
+
+
+def test_onnxscript_pass_folds_constants(tmp_path: Path) -> None:
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2] x) => (float[2] y) {
+        two = Constant <value = float[2] {1.0, 1.0}> ()
+        c = Add(two, two)
+        y = Mul(x, c)
+    }
+    """
+    src, dst = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(onnx.parser.parse_model(text), str(src))
+    onnxscript_optimizer(src, dst)
+    ops = [n.op_type for n in onnx.load(str(dst)).graph.node]
+    assert ops == ["Mul"]
+
+
+@pytest.mark.parametrize("name", [p.name for p in PASSES])
+def test_every_pass_has_a_detail_for_the_report(name: str) -> None:
+    graph_pass = next(p for p in PASSES if p.name == name)
+    assert graph_pass.detail and graph_pass.formats
+
+
+def test_attention_is_fused_into_multi_head_attention_and_still_matches(tmp_path: Path) -> None:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from toolchain import Dim, Input, exportable
+    from toolchain.core.registry import Registry
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = nn.LayerNorm(32)
+            self.qkv = nn.Linear(32, 96)
+            self.proj = nn.Linear(32, 32)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, s, _ = x.shape
+            qkv = self.qkv(self.norm(x)).reshape(b, s, 3, 4, 8).permute(2, 0, 3, 1, 4)
+            att = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+            return x + self.proj(att.transpose(1, 2).reshape(b, s, 32))
+
+    registry: Registry = Registry("model")
+    exportable(
+        name="t.attention",
+        inputs={"x": Input.normal(("batch", "seq", 32))},
+        dims={"batch": Dim(example=2, max=8), "seq": Dim(example=6, max=16)},
+        registry=registry,
+    )(Attention)
+    result = export_package(registry.get("t.attention"), tmp_path / "pkg", formats=["onnx"])
+    assert result, result.failed_stage
+    fusion = next(p for p in result.path("onnx").passes if p.name == "onnxscript-ort-fusions")
+    assert fusion.status in ("kept", "skipped") and "parity" not in fusion.reason, fusion.reason
+    assert fusion.nodes_after < fusion.nodes_before
+    if fusion.status == "kept":
+        ops = {n.op_type for n in onnx.load(str(tmp_path / "pkg" / "onnx" / "model.onnx")).graph.node}
+        assert "MultiHeadAttention" in ops
+
+
+def test_a_variant_that_cannot_be_repaired_names_the_stage_and_module_that_drift(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from toolchain.build import precision
+
+    def scale_fc2(src: Path, dst: Path, keep: frozenset[str], calibration: object) -> None:
+        model = onnx.load(str(src))
+        init = next(t for t in model.graph.initializer if t.name == "fc2.weight")
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1.5), init.name))
+        onnx.save(model, str(dst))
+
+    broken = precision.Variant("fp16", "fp16", scale_fc2, lambda op: False)
+    monkeypatch.setitem(precision.VARIANTS, "fp16", broken)
+    result = export_package(TINY, tmp_path / "pkg", formats=["onnx"], precisions=["fp16"])
+    assert result
+    fp16 = result.variant("fp16")
+    assert fp16.status == "rejected"
+    assert "exported and optimised graphs match eager, the fp16 variant drifts first" in fp16.reason
+    assert fp16.localization is not None and fp16.localization.module == "fc2"
+    assert not (tmp_path / "pkg" / "onnx" / "model.fp16.onnx").exists()

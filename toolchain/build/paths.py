@@ -1,0 +1,340 @@
+"""One export path, start to finish: export, verify, localise a failure, optimise, measure drift.
+
+Each path is exported into its own scratch folder and replayed on every sample set against eager;
+a numeric failure of an ONNX artifact is localised to a module, and a kept artifact is optimised
+pass by pass, each stage's drift and latency recorded.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporters import EXPORTERS
+from runtimes import runtime_for
+from toolchain.build.optimize import PassResult, count_nodes, optimize_artifact
+from toolchain.build.passes import GraphPass
+from toolchain.build.precision import VariantOutcome
+from toolchain.core.artifact import Artifact, Finding
+from toolchain.core.checks import TaskCheck
+from toolchain.core.errors import ToolchainError
+from toolchain.core.parity import ParityReport, Tolerance, compare
+from toolchain.core.samples import SampleSet
+from toolchain.core.signature import Signature
+from toolchain.core.spec import ModelSpec
+from toolchain.diagnose.bisect import Divergence, first_divergence
+from toolchain.diagnose.localize import Localization, localize
+from toolchain.perf.timing import Timing, race
+
+__all__ = [
+    "KEPT",
+    "REJECTED",
+    "PathResult",
+    "Replayer",
+    "StageDrift",
+    "explain",
+    "exported_copy",
+    "failure",
+    "likely_cause",
+    "optimize_path",
+    "sizes",
+    "try_path",
+]
+
+KEPT, REJECTED, NOT_RUN = "kept", "rejected", "not run"
+_SHAPE_KINDS = ("specialized-dim", "narrowed-dim", "unified-dims")
+
+
+@dataclass
+class StageDrift:
+    """One stage of an artifact (exported, optimised, fp16, ...) measured against eager."""
+
+    stage: str
+    reports: list[ParityReport]
+    nodes: int
+    bytes: int
+    latency: Timing | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form: worst error per output at each sample set, size, nodes, latency."""
+        return {
+            "stage": self.stage,
+            "passed": bool(self.reports) and all(self.reports),
+            "nodes": self.nodes,
+            "bytes": self.bytes,
+            "latency": self.latency.to_dict() if self.latency else None,
+            "worst": {
+                r.sample: {o.name: {"max_abs": o.max_abs, "worst_ratio": o.worst_ratio} for o in r.outputs}
+                for r in self.reports
+            },
+        }
+
+
+@dataclass
+class PathResult:
+    """One export path (or precision variant): kept (matches eager on every sample set) or rejected."""
+
+    exporter: str
+    status: str = NOT_RUN
+    artifact: Artifact | None = None
+    reports: list[ParityReport] = field(default_factory=list)
+    reason: str = ""
+    export_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    localization: Localization | Divergence | None = None
+    """For a rejected ONNX artifact: the first module whose output diverges from eager."""
+    passes: list[PassResult] = field(default_factory=list)
+    drift: list[StageDrift] = field(default_factory=list)
+    variant: str = "fp32"
+    repair: VariantOutcome | None = None
+
+    @property
+    def final_reports(self) -> list[ParityReport]:
+        """Reports of the shipped file: after the last kept pass, else as exported."""
+        kept = [p for p in self.passes if p.status == KEPT]
+        return kept[-1].reports if kept else self.reports
+
+    @property
+    def name(self) -> str:
+        """``onnx`` for an exported path, ``onnx:fp16`` for a precision variant of it."""
+        return self.exporter if self.variant == "fp32" else f"{self.exporter}:{self.variant}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "exporter": self.name,
+            "variant": self.variant,
+            "status": self.status,
+            "reason": self.reason,
+            "export_seconds": round(self.export_seconds, 3),
+            "verify_seconds": round(self.verify_seconds, 3),
+            "artifact": self.artifact.to_dict() if self.artifact else None,
+            "localization": self.localization.to_dict() if self.localization else None,
+            "passes": [p.to_dict() for p in self.passes],
+            "drift": [d.to_dict() for d in self.drift],
+            "repair": _repair_dict(self.repair),
+            "samples": [r.to_dict() for r in self.reports],
+        }
+
+
+def _repair_dict(outcome: VariantOutcome | None) -> dict[str, Any] | None:
+    if outcome is None:
+        return None
+    return {
+        "keep": outcome.keep,
+        "modules": outcome.kept_modules,
+        "rounds": [r.to_dict() for r in outcome.rounds],
+        "seconds": round(outcome.seconds, 3),
+    }
+
+
+@dataclass(frozen=True)
+class Replayer:
+    """Replays artifact files on every sample set against eager's outputs, and times them."""
+
+    spec: ModelSpec
+    samples: Sequence[SampleSet]
+    expected: Sequence[Mapping[str, np.ndarray]]
+    signature: Signature
+
+    def check(
+        self, path: Path, fmt: str, *, tolerance: Tolerance, checks: Sequence[TaskCheck] = ()
+    ) -> list[ParityReport]:
+        """One parity report per sample set; a file that will not load fails every set."""
+        runtime = runtime_for(fmt)
+        if runtime is None:
+            error = f"no runtime on this host runs {fmt!r} artifacts"
+            return [ParityReport.could_not_run(error, sample=s.name) for s in self.samples]
+        try:
+            session = runtime.load(path, signature=self.signature)
+        except ToolchainError as e:
+            return [ParityReport.could_not_run(str(e), sample=s.name) for s in self.samples]
+        reports = []
+        for sample, exp in zip(self.samples, self.expected, strict=True):
+            try:
+                actual = session.run(sample.feeds)
+            except ToolchainError as e:
+                reports.append(ParityReport.could_not_run(str(e), sample=sample.name))
+            else:
+                reports.append(compare(exp, actual, tolerance, sample=sample.name, checks=checks))
+        return reports
+
+    def checker(self, fmt: str, *, precision: str = "fp32") -> Callable[[Path], list[ParityReport]]:
+        """`check` bound to a format and the gate of a precision."""
+        tolerance = self.spec.tolerance_for(precision)
+        checks = self.spec.checks if precision != "fp32" else ()
+        return lambda path: self.check(path, fmt, tolerance=tolerance, checks=checks)
+
+    def runner(self, fmt: str) -> Callable[[Path], Callable[[], Any]]:
+        """Loads a file of `fmt` and returns a call running it once on the export sample."""
+
+        def load(path: Path) -> Callable[[], Any]:
+            runtime = runtime_for(fmt)
+            assert runtime is not None
+            session = runtime.load(path, signature=self.signature)
+            feeds = self.samples[0].feeds
+            return lambda: session.run(feeds)
+
+        return load
+
+    def drift(self, stages: Sequence[tuple[str, Path, list[ParityReport]]], fmt: str) -> list[StageDrift]:
+        """Each stage's reports, size, nodes and latency, the latencies raced side by side."""
+        runs: list[Callable[[], Any] | None] = []
+        for _, path, _ in stages:
+            try:
+                run = self.runner(fmt)(path)
+                run()
+            except ToolchainError:
+                runs.append(None)
+            else:
+                runs.append(run)
+        live = [r for r in runs if r is not None]
+        timings = iter(race(live, min_seconds=0.1) if live else [])
+        return [
+            StageDrift(stage, reports, count_nodes(path, fmt), path.stat().st_size, next(timings) if run else None)
+            for (stage, path, reports), run in zip(stages, runs, strict=True)
+        ]
+
+
+def try_path(
+    name: str,
+    model: Any,
+    replayer: Replayer,
+    workdir: Path,
+) -> PathResult:
+    """Export through `name` into `workdir`, verify on every sample set, localise a numeric failure."""
+    path = PathResult(name)
+    start = time.perf_counter()
+    try:
+        path.artifact = EXPORTERS.get(name).export(model, replayer.spec, replayer.samples[0], workdir)
+    except ToolchainError as e:
+        path.status, path.reason = REJECTED, str(e)
+        return path
+    finally:
+        path.export_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    artifact = path.artifact
+    main = workdir / artifact.path
+    path.reports = replayer.checker(artifact.format)(main)
+    path.status, path.reason = _verdict(path.reports, replayer.samples, artifact.findings)
+    if path.status == REJECTED and artifact.format == "onnx":
+        path.localization = explain(model, replayer, main, path.reports, tolerance=replayer.spec.tolerance)
+        if path.localization is not None:
+            path.reason += f"; {path.localization}"
+    path.verify_seconds = time.perf_counter() - start
+    return path
+
+
+def optimize_path(
+    path: PathResult,
+    replayer: Replayer,
+    workdir: Path,
+    *,
+    model: Any = None,
+    passes: Sequence[GraphPass] = (),
+    progress: Callable[[str], None] = lambda message: None,
+) -> None:
+    """Run the optimisation passes over a kept path's artifact in `workdir`, recording each pass.
+
+    Leaves the unoptimised file beside it as ``<file>.exported`` for the drift measurement. With
+    `model`, a pass that breaks an ONNX artifact's parity is localised to the first diverging module.
+    """
+    assert path.artifact is not None and path.status == KEPT
+    artifact = path.artifact
+    main = workdir / artifact.path
+    shutil.copyfile(main, exported_copy(main))
+    fmt = artifact.format
+    tolerance = replayer.spec.tolerance
+
+    def why(candidate: Path, reports: list[ParityReport]) -> str:
+        if fmt != "onnx":
+            return ""
+        found = explain(model, replayer, candidate, reports, tolerance=tolerance, reference=main)
+        return str(found) if found is not None else ""
+
+    path.passes = optimize_artifact(
+        main,
+        fmt,
+        check=replayer.checker(fmt),
+        runner=replayer.runner(fmt),
+        passes=passes,
+        explain=why,
+        progress=progress,
+    )
+    kept = tuple(p.name for p in path.passes if p.status == KEPT)
+    if kept:
+        path.artifact = replace(artifact, passes=kept)
+
+
+def exported_copy(main: Path) -> Path:
+    """Where `optimize_path` keeps the unoptimised file."""
+    return main.with_name(main.name + ".exported")
+
+
+def _verdict(reports: list[ParityReport], samples: Sequence[SampleSet], findings: Sequence[Finding]) -> tuple[str, str]:
+    failed = [(s, r) for s, r in zip(samples, reports, strict=True) if not r]
+    if not failed:
+        return KEPT, ""
+    sample, report = failed[0]
+    cause = likely_cause(sample, samples[0], findings)
+    more = f" (and {len(failed) - 1} more sample set(s))" if len(failed) > 1 else ""
+    because = f"; likely cause: {cause}" if cause else ""
+    return REJECTED, f"parity failed on sample {sample.name!r} ({sizes(sample)}): {failure(report)}{more}{because}"
+
+
+def explain(
+    model: Any,
+    replayer: Replayer,
+    onnx_path: Path,
+    reports: list[ParityReport],
+    *,
+    tolerance: Tolerance,
+    reference: Path | None = None,
+) -> Localization | Divergence | None:
+    """Localise the first numeric failure of an ONNX file; best effort, never raises.
+
+    First against eager through the graph's module scopes; when the graph has none to match and a
+    known-good `reference` graph is given, by bisection against that graph.
+    """
+    failing = next((r for r in reports if not r and not r.error), None)
+    if failing is None:
+        return None
+    sample = next(s for s in replayer.samples if s.name == failing.sample)
+    try:
+        found = localize(replayer.spec, model, onnx_path, sample, tolerance=tolerance) if model is not None else None
+        if found is None and reference is not None:
+            return first_divergence(reference, onnx_path, sample.feeds, limit=tolerance.rtol)
+        return found
+    except Exception:  # NOTE: a graph localisation cannot read must not hide the parity failure itself.
+        return None
+
+
+def likely_cause(sample: SampleSet, base: SampleSet, findings: Sequence[Finding]) -> Finding | None:
+    """The finding that most probably explains a failure on `sample` (a dim it moves, a frozen trace)."""
+    moved = [sym for sym, size in sample.sizes.items() if base.sizes.get(sym) != size]
+    shape = [f for f in findings if f.kind in _SHAPE_KINDS]
+    for f in shape:
+        if any(f"'{sym}'" in f.message for sym in moved):
+            return f
+    traced = [f for f in findings if f.kind == "traced" or "TracerWarning" in f.message]
+    return next(iter(traced + shape), None)
+
+
+def sizes(sample: SampleSet) -> str:
+    """``batch=8, seq=16`` (or ``static shapes``)."""
+    return ", ".join(f"{k}={v}" for k, v in sample.sizes.items()) or "static shapes"
+
+
+def failure(report: ParityReport) -> str:
+    """What failed in `report`, in one line."""
+    if report.error:
+        return f"could not run: {report.error}"
+    parts = [f"output {o.name!r} {o.describe().split(': ', 1)[1]}" for o in report.failures]
+    parts += [c.describe() for c in report.checks if not c]
+    return ", ".join(parts)

@@ -1,0 +1,307 @@
+"""Export -> verify -> package for one spec: every export path tried, only those matching eager kept."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporters import EXPORTERS
+from runtimes.eager import EagerSession
+from toolchain.build.passes import GraphPass
+from toolchain.build.paths import KEPT, PathResult, Replayer, likely_cause, optimize_path, sizes, try_path
+from toolchain.build.record import build_manifest, build_report
+from toolchain.build.variants import build_variants, measure_drift, variants_for
+from toolchain.core.artifact import Finding
+from toolchain.core.errors import InferenceError, PackageError, TargetError, ToolchainError
+from toolchain.core.interface import input_signature, package_signature
+from toolchain.core.samples import SampleSet, generate_samples
+from toolchain.core.signature import Signature
+from toolchain.core.spec import FORMATS, ModelSpec
+from toolchain.package import trust
+from toolchain.package.format import PackageStaging, check_destination, stage_package
+from toolchain.package.report import render_markdown
+from toolchain.package.verify import verify_package
+
+__all__ = [
+    "ALL_FORMATS",
+    "AUTO_FORMATS",
+    "ExportResult",
+    "PathResult",
+    "StageResult",
+    "export_package",
+    "likely_cause",
+]
+
+PASSED, FAILED, NOT_RUN = "passed", "failed", "not run"
+STAGES = ("build", "reference", "export", "optimize", "precision", "package")
+ALL_FORMATS = FORMATS
+AUTO_FORMATS = ("onnx", "onnx_legacy")
+
+
+@dataclass
+class StageResult:
+    """One stage's status (passed / failed / not run), time and what went wrong."""
+
+    name: str
+    status: str = NOT_RUN
+    seconds: float = 0.0
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"name": self.name, "status": self.status, "seconds": round(self.seconds, 3), "detail": self.detail}
+
+
+@dataclass
+class ExportResult:
+    """What `export_package` did; truthy only when every stage passed and the package landed."""
+
+    spec: ModelSpec
+    stages: list[StageResult] = field(default_factory=lambda: [StageResult(s) for s in STAGES])
+    paths: list[PathResult] = field(default_factory=list)
+    variants: list[PathResult] = field(default_factory=list)
+    """Precision variants (fp16, int8) of the first kept ONNX path, kept or rejected."""
+    samples: list[SampleSet] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    signature: Signature | None = None
+    package: Path | None = None
+
+    def __bool__(self) -> bool:
+        return all(s.status == PASSED for s in self.stages)
+
+    def stage(self, name: str) -> StageResult:
+        """The result of stage `name`."""
+        return next(s for s in self.stages if s.name == name)
+
+    def path(self, exporter: str) -> PathResult:
+        """The result of export path `exporter`."""
+        return next(p for p in self.paths if p.exporter == exporter)
+
+    @property
+    def kept(self) -> list[PathResult]:
+        """Paths whose artifact matched eager on every sample set."""
+        return [p for p in self.paths if p.status == KEPT]
+
+    @property
+    def shipped(self) -> list[PathResult]:
+        """Every artifact in the package: kept paths, then kept precision variants."""
+        return self.kept + [v for v in self.variants if v.status == KEPT]
+
+    def variant(self, name: str) -> PathResult:
+        """The precision variant `name` (``"fp16"``, ``"int8-dynamic"``, ``"int8-static"``)."""
+        return next(v for v in self.variants if v.variant == name)
+
+    @property
+    def failed_stage(self) -> StageResult | None:
+        """The first stage that failed, if any."""
+        return next((s for s in self.stages if s.status == FAILED), None)
+
+    @contextmanager
+    def running(self, name: str, progress: Callable[[str], None]) -> Iterator[StageResult]:
+        """Time stage `name`; a `ToolchainError` inside marks it failed and is re-raised."""
+        stage = self.stage(name)
+        progress(f"{self.spec.name}: {name}")
+        start = time.perf_counter()
+        try:
+            yield stage
+        except ToolchainError as e:
+            stage.status, stage.detail = FAILED, str(e)
+            raise
+        finally:
+            stage.seconds = time.perf_counter() - start
+        if stage.status == NOT_RUN:
+            stage.status = PASSED
+
+
+@dataclass(frozen=True)
+class _Plan:
+    candidates: tuple[str, ...]
+    first_only: bool
+    optimize: bool
+    variants: tuple[str, ...]
+    passes: tuple[GraphPass, ...]
+    force: bool
+    seed: int
+
+
+def export_package(
+    spec: ModelSpec,
+    out: Path,
+    *,
+    formats: Sequence[str] = (),
+    optimize: bool = True,
+    precisions: Sequence[str] = ("fp32",),
+    passes: Sequence[GraphPass] = (),
+    force: bool = False,
+    seed: int = 0,
+    progress: Callable[[str], None] = lambda message: None,
+) -> ExportResult:
+    """Export `spec` through each path in `formats`, keep those matching eager everywhere, package them.
+
+    Args:
+        spec: the model.
+        out: the package folder to write.
+        formats: export paths; default: those the spec says apply (`ModelSpec.formats`).
+            ``("auto",)`` keeps only the best ONNX path: torch.export-based, else legacy.
+        optimize: run the optimisation passes over every kept artifact, each under the parity gate.
+        precisions: ``"fp32"``, ``"fp16"``, ``"int8"``: the variants built from the first kept ONNX
+            path, each under its own gate (fp32 is always built).
+        passes: replace the default pass list (`toolchain.build.passes.PASSES`).
+        force: replace an existing package at `out`.
+        seed: seed of the generated sample values.
+        progress: receives one line per step.
+
+    Nothing is written at `out` unless at least one path was kept. Raises `PackageError` at once
+    when `out` holds a package and `force` is false, and `TargetError` for an unknown format or
+    precision.
+    """
+    out = Path(out)
+    candidates, first_only = _candidates(formats or spec.formats)
+    plan = _Plan(candidates, first_only, optimize, variants_for(precisions), tuple(passes), force, seed)
+    check_destination(out, force=force)
+    result = ExportResult(spec)
+    try:
+        _run_stages(result, out, plan, progress=progress)
+    except ToolchainError:
+        if result.failed_stage is None:
+            raise
+    return result
+
+
+def _candidates(formats: Sequence[str]) -> tuple[tuple[str, ...], bool]:
+    if list(formats) == ["auto"]:
+        return AUTO_FORMATS, True
+    for name in formats:
+        EXPORTERS.get(name)  # unknown names fail here, listing the known ones
+    if not formats:
+        raise TargetError(f"no export format given; choose from {', '.join(ALL_FORMATS)} or 'auto'")
+    return tuple(dict.fromkeys(formats)), False
+
+
+def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Callable[[str], None]) -> None:
+    spec = result.spec
+    with result.running("build", progress):
+        model = spec.build()
+        result.findings.extend(_training_findings(model))
+        model.eval()
+    with result.running("reference", progress):
+        result.samples = generate_samples(spec, seed=plan.seed)
+        eager = EagerSession(model, signature=input_signature(spec))
+        expected = [_reference(eager, s) for s in result.samples]
+        result.signature = package_signature(spec, result.samples, expected)
+    replayer = Replayer(spec, result.samples, expected, result.signature)
+    with stage_package(out, force=plan.force) as staging, ExitStack() as scratch:
+        workdirs: dict[str, Path] = {}
+        with result.running("export", progress) as stage:
+            for name in plan.candidates:
+                progress(f"{spec.name}: export {name}")
+                workdirs[name] = Path(
+                    scratch.enter_context(
+                        tempfile.TemporaryDirectory(prefix=f".{staging.dest.name}.{name}-", dir=staging.path.parent)
+                    )
+                )
+                result.paths.append(try_path(name, model, replayer, workdirs[name]))
+                if plan.first_only and result.paths[-1].status == KEPT:
+                    break
+            if not result.kept:
+                stage.status = FAILED
+                stage.detail = "every path was rejected: " + "; ".join(
+                    f"{p.exporter}: {p.reason}" for p in result.paths
+                )
+                return
+        _refine(result, model, replayer, workdirs, plan, progress)
+        with result.running("package", progress):
+            for path in result.shipped:
+                assert path.artifact is not None
+                for rel in path.artifact.files:
+                    shutil.move(workdirs[path.exporter] / rel, staging.file(rel))
+            _seal(result, staging, out, expected)
+
+
+def _refine(
+    result: ExportResult,
+    model: Any,
+    replayer: Replayer,
+    workdirs: dict[str, Path],
+    plan: _Plan,
+    progress: Callable[[str], None],
+) -> None:
+    """Optimise every kept path, build the precision variants, and measure each stage's drift."""
+    with result.running("optimize", progress) as stage:
+        if not plan.optimize:
+            stage.detail = "skipped (--no-optimize)"
+        for path in result.kept if plan.optimize else []:
+            progress(f"{result.spec.name}: optimize {path.exporter}")
+            optimize_path(path, replayer, workdirs[path.exporter], model=model, passes=plan.passes, progress=progress)
+    with result.running("precision", progress) as stage:
+        base = next((p for p in result.kept if p.artifact is not None and p.artifact.format == "onnx"), None)
+        if plan.variants and base is None:
+            stage.detail = "no kept ONNX path to build precision variants from"
+        if plan.variants and base is not None:
+            result.variants = build_variants(
+                base, replayer, workdirs[base.exporter], plan.variants, model=model, progress=progress
+            )
+            stage.detail = ", ".join(f"{v.variant} {v.status}" for v in result.variants)
+        for path in result.kept:
+            variants = result.variants if path is base else []
+            measure_drift(path, variants, replayer, workdirs[path.exporter])
+
+
+def _seal(result: ExportResult, staging: PackageStaging, out: Path, expected: list[dict[str, np.ndarray]]) -> None:
+    """Write samples and reports, finalise the manifest, re-verify the staged package, commit it."""
+    entries = _write_package(result, staging, expected)
+    staging.finalize(build_manifest(result, entries))
+    # NOTE: integrity and the ONNX replays; TorchScript and .pt2 files were verified from these
+    # very bytes a moment ago (the integrity check proves it), so they are not loaded twice.
+    check = verify_package(staging.path)
+    if check.problems or not all(check.checks):
+        raise PackageError(f"{out}: the staged package does not re-verify: {check.failure_lines()[0]}")
+    result.package = staging.commit()
+    if not trust.remember(result.package):
+        result.findings.append(
+            Finding("trust-list", f"could not write {trust.trust_list_path()}; verify needs --trust here")
+        )
+
+
+def _reference(eager: EagerSession, sample: SampleSet) -> dict[str, np.ndarray]:
+    try:
+        return eager.run(sample.feeds)
+    except InferenceError as e:
+        raise InferenceError(f"on sample {sample.name!r} ({sizes(sample)}), which the spec declares valid: {e}") from e
+
+
+def _write_package(
+    result: ExportResult, staging: PackageStaging, expected: list[dict[str, np.ndarray]]
+) -> list[dict[str, Any]]:
+    """Write golden samples and reports into the staging folder; return the manifest's sample entries."""
+    entries = []
+    for sample, exp in zip(result.samples, expected, strict=True):
+        base = f"samples/{sample.name}"
+        entries.append(
+            {
+                "name": sample.name,
+                "sizes": dict(sample.sizes),
+                "inputs": {k: staging.save_array(f"{base}/inputs/{k}.npy", v) for k, v in sample.feeds.items()},
+                "expected": {k: staging.save_array(f"{base}/expected/{k}.npy", v) for k, v in exp.items()},
+            }
+        )
+    report = build_report(result)
+    staging.write_json("report.json", report)
+    staging.write_text("report.md", render_markdown(report))
+    return entries
+
+
+def _training_findings(model: Any) -> list[Finding]:
+    names = [name or "<root>" for name, m in model.named_modules() if m.training]
+    if not names:
+        return []
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return [Finding("training-mode", f"{len(names)} module(s) were in training mode ({shown}); exported in eval mode")]

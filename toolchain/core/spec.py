@@ -1,0 +1,447 @@
+"""How to build a model and feed it: `ModelSpec`, its inputs and dims, and `@exportable`."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+import numpy as np
+
+from toolchain.core.checks import TaskCheck
+from toolchain.core.errors import SpecError
+from toolchain.core.parity import Tolerance
+from toolchain.core.registry import Registry
+
+__all__ = [
+    "DTYPES",
+    "FORMATS",
+    "PRECISIONS",
+    "SPECS",
+    "VARIANT_TOLERANCES",
+    "Dim",
+    "Input",
+    "ModelSpec",
+    "exportable",
+    "spec_for",
+]
+
+DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
+DOMAINS = ("normal", "uniform", "ids", "mask", "padding_mask", "offsets")
+FORMATS = ("onnx", "onnx_legacy", "torchscript", "torchscript_trace", "exported_program")
+"""Every export path, in the order they are tried."""
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NO_DIMS: Mapping[str, Dim] = MappingProxyType({})
+_NO_SAMPLES: Mapping[str, Mapping[str, Any]] = MappingProxyType({})
+_NO_TOLERANCES: Mapping[str, Tolerance] = MappingProxyType({})
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Dim:
+    """A symbolic dimension: the size used for export and the range it must work on.
+
+    Args:
+        example: size used to capture the model; must be >= 2 (exporters specialise 0 and 1).
+        min: smallest size the model must accept.
+        max: largest size, or 0 for unbounded.
+    """
+
+    example: int = 4
+    min: int = 1
+    max: int = 0
+
+    def __post_init__(self) -> None:
+        if self.example < 2:
+            raise SpecError(f"Dim.example must be >= 2 (exporters specialise 0 and 1), got {self.example}")
+        if self.min < 1 or self.min > self.example:
+            raise SpecError(f"Dim.min must be in [1, example={self.example}], got {self.min}")
+        if self.max and self.max < self.example:
+            raise SpecError(f"Dim.max must be 0 (unbounded) or >= example={self.example}, got {self.max}")
+
+    def sizes(self) -> tuple[int, ...]:
+        """Sizes to verify: the export size, the smallest, ``2 * example + 1`` and the largest declared."""
+        larger = self.example * 2 + 1
+        if self.max:
+            larger = min(larger, self.max)
+        return tuple(dict.fromkeys((self.example, self.min, larger, self.max or larger)))
+
+    def to_dict(self) -> dict[str, int]:
+        """JSON form."""
+        return {"example": self.example, "min": self.min, "max": self.max}
+
+
+@dataclass(frozen=True)
+class Input:
+    """One named model input: symbolic shape, dtype and the domain its values come from.
+
+    Use the constructors: `Input.normal`, `Input.uniform`, `Input.ids`, `Input.mask`.
+    """
+
+    shape: tuple[int | str, ...]
+    dtype: str = "float32"
+    domain: str = "normal"
+    low: float = 0.0
+    high: float = 1.0
+    over: str = ""
+    """For ``offsets``: the symbolic dim of the flat index input the offsets point into."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.shape, tuple):
+            raise SpecError(f"Input.shape must be a tuple like ('batch', 16), got {self.shape!r}")
+        for d in self.shape:
+            ok = (isinstance(d, int) and not isinstance(d, bool) and d >= 1) or (isinstance(d, str) and _IDENT.match(d))
+            if not ok:
+                raise SpecError(
+                    f"shape {self.shape!r}: each dim must be an int >= 1 or a symbolic name like 'batch', got {d!r}"
+                )
+        if self.dtype not in DTYPES:
+            raise SpecError(f"dtype {self.dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+        if self.domain not in DOMAINS:
+            raise SpecError(f"domain {self.domain!r} is not supported; use one of {', '.join(DOMAINS)}")
+        if self.domain in ("uniform", "ids") and not self.low < self.high:
+            raise SpecError(f"{self.domain} input needs low < high, got low={self.low} high={self.high}")
+        if self.domain == "ids" and not self.dtype.startswith("int"):
+            raise SpecError(f"ids input needs an integer dtype (int64 or int32), got {self.dtype}")
+        if self.domain in ("normal", "uniform") and not self.dtype.startswith("float"):
+            raise SpecError(f"{self.domain} input needs a float dtype, got {self.dtype}; for ids use Input.ids")
+        if self.domain == "offsets" and (len(self.shape) != 1 or not _IDENT.match(self.over)):
+            raise SpecError("offsets input needs a 1-d shape like ('batch',) and over='<dim of the flat ids>'")
+        if self.domain == "padding_mask" and not self.shape:
+            raise SpecError("padding_mask input needs at least one axis (the sequence is the last)")
+
+    @classmethod
+    def normal(cls, shape: tuple[int | str, ...], *, dtype: str = "float32") -> Input:
+        """Standard-normal floats."""
+        return cls(shape, dtype, "normal")
+
+    @classmethod
+    def uniform(cls, shape: tuple[int | str, ...], *, low: float, high: float, dtype: str = "float32") -> Input:
+        """Floats uniform in ``[low, high)``."""
+        return cls(shape, dtype, "uniform", low, high)
+
+    @classmethod
+    def ids(cls, shape: tuple[int | str, ...], *, high: int, low: int = 0, dtype: str = "int64") -> Input:
+        """Integer ids (token or row indices) uniform in ``[low, high)``."""
+        return cls(shape, dtype, "ids", low, high)
+
+    @classmethod
+    def mask(cls, shape: tuple[int | str, ...], *, dtype: str = "bool") -> Input:
+        """0/1 values (attention or padding masks)."""
+        return cls(shape, dtype, "mask", 0, 2)
+
+    @classmethod
+    def padding_mask(cls, shape: tuple[int | str, ...], *, dtype: str = "bool") -> Input:
+        """Padding masks over the last axis: each row is 1 for a random prefix of length >= 1, then 0."""
+        return cls(shape, dtype, "padding_mask", 0, 2)
+
+    @classmethod
+    def offsets(cls, shape: tuple[int | str, ...], *, over: str, dtype: str = "int64") -> Input:
+        """Start offsets of ragged bags in a flat id input of length `over` (sorted, first is 0)."""
+        return cls(shape, dtype, "offsets", 0, 1, over)
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """The symbolic dim names in this shape (and the dim an offsets input points into)."""
+        own = tuple(d for d in self.shape if isinstance(d, str))
+        return (*own, self.over) if self.over and self.over not in own else own
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "domain": self.domain,
+            "low": self.low,
+            "high": self.high,
+            "over": self.over,
+        }
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the toolchain needs to build, feed and judge one model."""
+
+    name: str
+    factory: Callable[[], Any]
+    inputs: Mapping[str, Input]
+    outputs: tuple[str, ...] = ("output",)
+    dims: Mapping[str, Dim] = field(default_factory=dict)
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    tags: tuple[str, ...] = ()
+    formats: tuple[str, ...] = FORMATS
+    """The export paths that apply to this model; the model's docstring says why any is left out."""
+    version: str = "1"
+    seed: int = 0
+    samples: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
+    """Extra named sample sets (e.g. inputs that take another branch), checked like the generated ones."""
+    checks: tuple[TaskCheck, ...] = ()
+    """Task-level checks (top-1, cosine, ranking) that fp16 and int8 variants must pass too."""
+    variant_tolerance: Mapping[str, Tolerance] = field(default_factory=dict)
+    """Precision -> allowed error for that variant, over `VARIANT_TOLERANCES`."""
+
+    def tolerance_for(self, precision: str) -> Tolerance:
+        """The element-wise tolerance of a precision variant (``"fp32"`` is the spec's own)."""
+        if precision == "fp32":
+            return self.tolerance
+        return self.variant_tolerance.get(precision, VARIANT_TOLERANCES[precision])
+
+    @property
+    def source(self) -> str:
+        """Where the model is defined, as ``module:qualname``."""
+        return f"{getattr(self.factory, '__module__', '?')}:{getattr(self.factory, '__qualname__', '?')}"
+
+    @property
+    def description(self) -> str:
+        """First line of the factory's docstring."""
+        doc = inspect.getdoc(self.factory) or ""
+        return doc.splitlines()[0] if doc else ""
+
+    def dim(self, name: str) -> Dim:
+        """The declared (or default) `Dim` for a symbolic name."""
+        return self.dims.get(name, Dim())
+
+    def symbols(self) -> tuple[str, ...]:
+        """Every symbolic dim used by the inputs, in order of first use."""
+        return tuple(dict.fromkeys(s for inp in self.inputs.values() for s in inp.symbols))
+
+    def build(self) -> Any:
+        """Seed torch, call the factory and check the module's `forward` against the inputs.
+
+        Returns the module as the factory made it (training mode untouched).
+        """
+        import torch
+
+        torch.manual_seed(self.seed)
+        model = self.factory()
+        if not isinstance(model, torch.nn.Module):
+            raise SpecError(
+                f"{self.source} returned {type(model).__name__}, not a torch.nn.Module; "
+                "decorate an nn.Module class or a function that returns one"
+            )
+        _check_forward(model.forward, list(self.inputs), where=self.source)
+        return model
+
+
+SPECS: Registry[ModelSpec] = Registry("model")
+
+VARIANT_TOLERANCES: Mapping[str, Tolerance] = MappingProxyType(
+    {"fp16": Tolerance(atol=1e-2, rtol=1e-2), "int8": Tolerance(atol=5e-2, rtol=1e-1)}
+)
+"""Default element-wise tolerances of precision variants, paired with the spec's task checks."""
+PRECISIONS = ("fp32", *VARIANT_TOLERANCES)
+
+
+def exportable(
+    *,
+    name: str,
+    inputs: Mapping[str, Input | tuple[int | str, ...]],
+    outputs: Sequence[str] = ("output",),
+    dims: Mapping[str, Dim] = _NO_DIMS,
+    tolerance: Tolerance = Tolerance(),  # noqa: B008 - frozen, shared safely
+    tags: Iterable[str] = (),
+    formats: Sequence[str] = FORMATS,
+    version: str = "1",
+    seed: int = 0,
+    samples: Mapping[str, Mapping[str, Any]] = _NO_SAMPLES,
+    checks: Iterable[TaskCheck] = (),
+    variant_tolerance: Mapping[str, Tolerance] = _NO_TOLERANCES,
+    override: bool = False,
+    registry: Registry[ModelSpec] = SPECS,
+) -> Callable[[F], F]:
+    """Declare how to export a model; register its `ModelSpec` and return the object unchanged.
+
+    Apply to an `nn.Module` class whose constructor needs no arguments, or to a function with no
+    required arguments that returns a module. Inputs are listed in `forward`'s argument order.
+
+    Args:
+        name: registry key, e.g. ``"feed.dlrm_small"``.
+        inputs: input name -> `Input` (a bare shape tuple means standard-normal float32).
+        outputs: names for the model's outputs, in return order.
+        dims: symbolic dim name -> `Dim` (export size and range); undeclared symbols get `Dim()`.
+        tolerance: allowed error against eager for fp32 artifacts.
+        tags: free-form labels (``"ranking"``, ``"vision"``).
+        formats: export paths that apply (default: all of `FORMATS`); explain any left out in the
+            model's docstring.
+        version: version written into the package manifest and folder name.
+        seed: torch seed used before calling the factory, so random weights are reproducible.
+        samples: extra named sample sets, name -> {input name: array}; use them for inputs the
+            generated ones may miss (another branch, edge values). Every artifact must pass them too.
+        checks: task-level checks (`TaskCheck.top1`, ``cosine``, ``ranking``) that fp16 and int8
+            variants must pass beside their looser element-wise tolerance.
+        variant_tolerance: precision (``"fp16"``, ``"int8"``) -> `Tolerance` for that variant,
+            replacing the default in `VARIANT_TOLERANCES`.
+        override: replace an existing registration of the same name.
+        registry: where to register (tests pass their own).
+    """
+    spec_inputs = _check_inputs(inputs)
+    out_names = _check_outputs(outputs, spec_inputs)
+    _check_dims(dims, spec_inputs)
+    extra = _check_samples(samples, spec_inputs)
+    if not isinstance(tolerance, Tolerance):
+        raise SpecError(f"tolerance must be a toolchain.Tolerance, got {type(tolerance).__name__}")
+    unknown = sorted(set(tolerance.per_output) - set(out_names))
+    if unknown:
+        raise SpecError(f"tolerance.per_output names unknown output(s) {unknown}; outputs are {list(out_names)}")
+    spec_checks = _check_task_checks(checks, variant_tolerance, out_names)
+    unknown_formats = [f for f in formats if f not in FORMATS] if not isinstance(formats, str) else [formats]
+    if unknown_formats or not formats:
+        raise SpecError(f"formats must be a non-empty list drawn from {list(FORMATS)}, got {formats!r}")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise SpecError(f"name must be letters, digits, '_', '.', '-' (like 'feed.dlrm'), got {name!r}")
+
+    def decorate(obj: F) -> F:
+        _check_factory(obj, list(spec_inputs))
+        spec = ModelSpec(
+            name=name,
+            factory=obj,
+            inputs=MappingProxyType(spec_inputs),
+            outputs=out_names,
+            dims=MappingProxyType(dict(dims)),
+            tolerance=tolerance,
+            tags=tuple(tags),
+            formats=tuple(formats),
+            version=str(version),
+            seed=seed,
+            samples=MappingProxyType(extra),
+            checks=spec_checks,
+            variant_tolerance=MappingProxyType(dict(variant_tolerance)),
+        )
+        registry.register(name, spec, override=override)
+        return obj
+
+    return decorate
+
+
+def spec_for(obj: object, *, registry: Registry[ModelSpec] = SPECS) -> ModelSpec | None:
+    """The spec registered for a decorated class or factory, if any."""
+    for key in registry:
+        spec = registry.get(key)
+        if spec.factory is obj:
+            return spec
+    return None
+
+
+def _check_task_checks(
+    checks: Iterable[TaskCheck], variant_tolerance: Mapping[str, Tolerance], out_names: tuple[str, ...]
+) -> tuple[TaskCheck, ...]:
+    found = tuple(checks)
+    for check in found:
+        if not isinstance(check, TaskCheck):
+            raise SpecError(f"checks must hold toolchain.TaskCheck objects, got {type(check).__name__}")
+        if check.output not in out_names:
+            raise SpecError(
+                f"check {check.kind!r} reads unknown output {check.output!r}; outputs are {list(out_names)}"
+            )
+    for precision, tol in variant_tolerance.items():
+        if precision not in VARIANT_TOLERANCES:
+            raise SpecError(f"variant_tolerance key {precision!r} is not one of {list(VARIANT_TOLERANCES)}")
+        if not isinstance(tol, Tolerance):
+            raise SpecError(f"variant_tolerance[{precision!r}] must be a toolchain.Tolerance")
+    return found
+
+
+def _check_inputs(inputs: Mapping[str, Input | tuple[int | str, ...]]) -> dict[str, Input]:
+    if not isinstance(inputs, Mapping) or not inputs:
+        raise SpecError("inputs must be a non-empty mapping like {'x': ('batch', 16)}")
+    checked: dict[str, Input] = {}
+    for key, value in inputs.items():
+        if not isinstance(key, str) or not _IDENT.match(key):
+            raise SpecError(f"input name {key!r} must be a Python identifier matching forward's argument")
+        if isinstance(value, tuple):
+            value = Input.normal(value)
+        if not isinstance(value, Input):
+            raise SpecError(f"input {key!r} must be an Input or a shape tuple, got {type(value).__name__}")
+        checked[key] = value
+    return checked
+
+
+def _check_outputs(outputs: Sequence[str], inputs: Mapping[str, Input]) -> tuple[str, ...]:
+    if isinstance(outputs, str) or not outputs:
+        raise SpecError(f"outputs must be a non-empty list of names like ['score'], got {outputs!r}")
+    names = tuple(outputs)
+    for out in names:
+        if not isinstance(out, str) or not _IDENT.match(out):
+            raise SpecError(f"output name {out!r} must be an identifier (letters, digits, '_')")
+        if out in inputs:
+            raise SpecError(f"output name {out!r} is also an input name; rename one of them")
+    if len(set(names)) != len(names):
+        raise SpecError(f"output names must be distinct, got {list(names)}")
+    return names
+
+
+def _check_dims(dims: Mapping[str, Dim], inputs: Mapping[str, Input]) -> None:
+    used = {s for inp in inputs.values() for s in inp.symbols}
+    for key, dim in dims.items():
+        if not isinstance(dim, Dim):
+            raise SpecError(f"dims[{key!r}] must be a toolchain.Dim, got {type(dim).__name__}")
+        if key not in used:
+            raise SpecError(
+                f"dims declares {key!r} but no input shape uses it (a misspelling?); "
+                f"symbolic dims in the inputs: {sorted(used) or 'none'}"
+            )
+
+
+def _check_samples(samples: Mapping[str, Mapping[str, Any]], inputs: Mapping[str, Input]) -> dict[str, Any]:
+    checked: dict[str, dict[str, np.ndarray]] = {}
+    for name, feeds in samples.items():
+        if not isinstance(name, str) or not _NAME.match(name) or name == "export":
+            raise SpecError(f"sample set name {name!r} must be letters, digits, '_', '.', '-' and not 'export'")
+        if not isinstance(feeds, Mapping) or set(feeds) != set(inputs):
+            given = sorted(feeds) if isinstance(feeds, Mapping) else type(feeds).__name__
+            raise SpecError(f"sample set {name!r} must give every input {sorted(inputs)}, got {given}")
+        arrays = {}
+        for key, inp in inputs.items():
+            array = np.asarray(feeds[key], dtype=inp.dtype)
+            fixed_ok = all(isinstance(d, str) or d == n for d, n in zip(inp.shape, array.shape, strict=False))
+            if array.ndim != len(inp.shape) or not fixed_ok:
+                raise SpecError(f"sample set {name!r}: input {key!r} has shape {array.shape}, declared {inp.shape}")
+            arrays[key] = array
+        checked[name] = arrays
+    return checked
+
+
+def _check_factory(obj: object, names: list[str]) -> None:
+    if not callable(obj):
+        raise SpecError(f"@exportable needs a class or function, got {type(obj).__name__}")
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    try:
+        params = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError):
+        return
+    if inspect.isclass(obj):
+        params = params[1:]  # self
+    required = [p.name for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if required:
+        raise SpecError(
+            f"{getattr(obj, '__qualname__', obj)} needs arguments {required} to build; give them defaults "
+            "or decorate a no-argument factory function that builds the model"
+        )
+    if inspect.isclass(obj) and hasattr(obj, "forward"):
+        _check_forward(obj.forward, names, where=obj.__qualname__, skip_self=True)
+
+
+def _check_forward(forward: Callable[..., Any], names: list[str], *, where: str, skip_self: bool = False) -> None:
+    """Check that `forward` takes the declared inputs positionally, in order."""
+    try:
+        params = list(inspect.signature(forward).parameters.values())
+    except (TypeError, ValueError):
+        return
+    if skip_self:
+        params = params[1:]
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if positional[: len(names)] != names:
+        raise SpecError(
+            f"{where}: forward takes {positional}, but inputs are declared as {names}; "
+            "declare inputs with forward's argument names, in the same order"
+        )
+    extra = [p.name for p in params[len(names) :] if p.default is p.empty and p.kind != p.VAR_KEYWORD]
+    if extra:
+        raise SpecError(f"{where}: forward also requires {extra}, which no declared input feeds")
