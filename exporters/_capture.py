@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 
 from toolchain.core.artifact import Finding
 
-__all__ = ["capture_findings", "summarize_error"]
+__all__ = ["capture_findings", "summarize_error", "user_source"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _LOGGERS = ("torch", "onnxscript", "onnx_ir", "onnx")
@@ -121,7 +122,103 @@ def _deduplicate(findings: list[Finding]) -> None:
 
 
 def summarize_error(error: BaseException, *, lines: int = 4) -> str:
-    """The first few meaningful lines of an exporter's exception, joined into one line."""
-    text = [ln.strip() for ln in _ANSI.sub("", str(error)).splitlines() if ln.strip()]
-    head = " | ".join(text[:lines]) or type(error).__name__
-    return f"{type(error).__name__}: {head[:800]}"
+    """The real cause of an exporter's exception, in one line, with the user's source line when known.
+
+    Exporters wrap the exception that stopped them (torch.onnx's "Failed to export the model with
+    torch.export. This is step 1/3 ... Next steps"); the innermost exception of the chain says what
+    went wrong (a data-dependent guard, a view/stride error) and its traceback where in the model.
+    """
+    chain = _chain(error)
+    inner = next((e for e in reversed(chain) if _meaningful(e)), chain[-1])
+    text = [ln for ln in _without_frames(_lines(inner)) if not ln.startswith(_BOILERPLATE)]
+    head = " | ".join(text[:lines]) or type(inner).__name__
+    summary = f"{type(inner).__name__}: {head[:800]}"
+    if inner is not error:
+        summary = f"{type(error).__name__} caused by {summary}"
+    source = user_source(chain)
+    return f"{summary} (at {source})" if source else summary
+
+
+# NOTE: torch's advice lines, not the cause; they used to fill the reason and cut off the real error.
+_BOILERPLATE = (
+    "consider using data-dependent friendly APIs",
+    "Caused by:",
+    "For more information, run with",
+    "For extended logs when we create symbols",
+    "If you suspect the guard was triggered from C++",
+    "For more debugging help, see",
+    "For C++ stack trace, run with",
+    "The error above occurred when calling torch.export.export",
+    "The following call raised this error:",
+    "Next steps:",
+    "- Modify the model code",
+    "- Debug `torch.export.export`",
+    "- Create an issue",
+    "This is step",
+)
+_LIBRARIES = ("torch", "onnxscript", "onnx_ir", "onnx", "onnxruntime", "exporters", "toolchain", "runtimes")
+_CALL = re.compile(r'File "([^"]+)", line (\d+)')
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain and len(chain) < 16:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _lines(error: BaseException) -> list[str]:
+    return [ln.strip() for ln in _ANSI.sub("", str(error)).splitlines() if ln.strip()]
+
+
+def _without_frames(lines: list[str]) -> list[str]:
+    """`lines` less the traceback entries quoted in a message (``File "...", line N, in f`` and its code)."""
+    kept: list[str] = []
+    skip = False
+    for line in lines:
+        if _CALL.match(line):
+            skip = True
+            continue
+        if not skip:
+            kept.append(line)
+        skip = False
+    return kept
+
+
+def _meaningful(error: BaseException) -> bool:
+    return any(not ln.startswith(_BOILERPLATE) for ln in _lines(error))
+
+
+def user_source(chain: list[BaseException]) -> str:
+    """``file:line (`code`)`` of the innermost frame in the user's code (not a library's) in `chain`."""
+    import linecache
+    import traceback
+
+    for error in reversed(chain):
+        frames = [(f.filename, f.lineno or 0) for f in traceback.extract_tb(error.__traceback__)]
+        frames += [(m.group(1), int(m.group(2))) for m in _CALL.finditer(_ANSI.sub("", str(error)))]
+        for file, line in reversed(frames):
+            if _is_user_file(file):
+                code = linecache.getline(file, line).strip()
+                return f"{file}:{line}" + (f" (`{code}`)" if code else "")
+    return ""
+
+
+def _is_user_file(file: str) -> bool:
+    if file.startswith("<") or "site-packages" in file or "dist-packages" in file:
+        return False
+    return not file.startswith(_library_roots())
+
+
+@functools.cache
+def _library_roots() -> tuple[str, ...]:
+    """Folders of the libraries an export runs through (an editable install lives outside site-packages)."""
+    roots = []
+    for name in _LIBRARIES:
+        module = sys.modules.get(name)
+        file = getattr(module, "__file__", None)
+        if file:
+            roots.append(os.path.dirname(os.path.abspath(file)) + os.sep)
+    return tuple(roots)

@@ -86,9 +86,55 @@ class InplaceOnView(nn.Module):
         return y * 3
 
 
+@exportable(name="hazard.value_mean", inputs={"x": Input.normal(("batch", 16))}, dims=DIMS, registry=HAZARDS)
+class ValueMean(nn.Module):
+    """A branch on a value that the plain draws all take one way (the mean of h sits near 0.25)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc(x))
+        if h.mean() > 0.3:
+            h = h * 1.5
+        return h
+
+
+@exportable(
+    name="hazard.shrinking_window",
+    inputs={"x": Input.normal(("batch", "seq", 8))},
+    dims={"batch": Dim(example=2, max=8), "seq": Dim(example=4, min=1, max=9)},
+    registry=HAZARDS,
+)
+class ShrinkingWindow(nn.Module):
+    """A forward that changes an attribute when the input is smaller than its window (as Swin-style blocks do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.window = 4
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] < self.window:
+            self.window = x.shape[1]
+        return self.fc(x)[:, : self.window].mean(1)
+
+
+class SameEitherWay(nn.Module):
+    """A value branch whose two sides compute the same numbers through different ops."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return x + x
+        return x * 2
+
+
 # What each path does with each hazard on torch 2.13 (kept = matched eager everywhere; rejected = refused).
 EXPECTED_KEPT = {
     "hazard.value_branch": {"torchscript"},
+    "hazard.value_mean": {"torchscript"},
+    "hazard.shrinking_window": {"onnx", "onnx_legacy", "torchscript_trace"},
     "hazard.item_as_size": {"onnx", "torchscript"},
     "hazard.hard_coded_view": {"onnx", "onnx_legacy", "torchscript", "torchscript_trace"},
     "hazard.loop_over_batch": {"torchscript"},
@@ -112,6 +158,88 @@ def test_no_path_passes_silently_with_wrong_numbers(name: str, tmp_path: Path) -
     assert {p.exporter for p in result.kept} == EXPECTED_KEPT[name], [(p.exporter, p.reason) for p in result.paths]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", HAZARDS.names())
+def test_no_kept_artifact_of_a_hazard_is_wrong_on_20_fresh_draws(name: str, tmp_path: Path) -> None:
+    spec = HAZARDS.get(name)
+    result = export_package(spec, tmp_path / "pkg")
+    draws = _fresh_draws(spec, 20, seed=2026)
+    with torch.no_grad():  # NOTE: a model freshly built for each draw is the reference, never the exported one.
+        expected = [spec.build().eval()(*(torch.from_numpy(d[n]) for n in spec.inputs)).numpy() for d in draws]
+    for path in result.kept:
+        assert path.artifact is not None
+        runtime = runtime_for(path.artifact.format)
+        assert runtime is not None and result.signature is not None
+        session = runtime.load(tmp_path / "pkg" / path.artifact.path, signature=result.signature)
+        for i, (feeds, exp) in enumerate(zip(draws, expected, strict=True)):
+            report = compare({spec.outputs[0]: exp}, session.run(feeds), spec.tolerance, sample=f"fresh-{i}")
+            assert report, f"{path.exporter} kept but wrong on fresh draw {i}: {report}"
+
+
+def test_a_value_branch_keeps_only_the_scripted_path_and_names_the_line(tmp_path: Path) -> None:
+    result = export_package(HAZARDS.get("hazard.value_mean"), tmp_path / "pkg")
+    assert {p.exporter for p in result.kept} == {"torchscript"}
+    line = f"{__file__}:{ValueMean.forward.__code__.co_firstlineno + 2}"
+    for name in ("onnx_legacy", "torchscript_trace"):
+        reason = result.path(name).reason
+        assert line in reason and "if h.mean() > 0.3:" in reason, reason
+    for name in ("onnx", "exported_program"):  # torch.export's real error and the line, not its advice
+        reason = result.path(name).reason
+        assert "GuardOnDataDependentSymNode: Could not guard on data-dependent expression" in reason, reason
+        assert f"(at {line} (`if h.mean() > 0.3:`))" in reason, reason
+        assert "Next steps" not in reason and "step 1/3" not in reason, reason
+
+
+def test_a_trace_that_froze_a_value_is_rejected_on_evidence_even_when_its_numbers_match(tmp_path: Path) -> None:
+    registry: Registry[ModelSpec] = Registry("hazard")
+    for name, allow in (("strict", False), ("allowed", True)):
+        exportable(
+            name=name, inputs=X, dims=DIMS, formats=["torchscript_trace"], allow_frozen_values=allow, registry=registry
+        )(type(name, (SameEitherWay,), {}))
+    trace = export_package(registry.get("strict"), tmp_path / "strict").path("torchscript_trace")
+    assert trace.status == "rejected"
+    assert "records another graph" in trace.reason and "if x.sum() > 0:" in trace.reason
+    assert "allow_frozen_values=True" in trace.reason
+    kept = export_package(registry.get("allowed"), tmp_path / "allowed").path("torchscript_trace")
+    assert kept.status == "kept" and kept.artifact is not None
+    assert any(f.kind == "frozen-value" and "spec allows" in f.message for f in kept.artifact.findings)
+
+
+def _fresh_draws(spec: ModelSpec, count: int, *, seed: int) -> list[dict[str, np.ndarray]]:
+    """Inputs drawn here, not by the toolchain: sizes anywhere in the declared range, values as real data has.
+
+    Floats mix plain normal draws with real-looking ones (a few large activations, sparse zeros, a
+    constant offset), so a branch on a statistic goes both ways.
+    """
+    rng = np.random.default_rng(seed)
+    draws = []
+    for i in range(count):
+        sizes = {}
+        for sym in spec.symbols():
+            dim = spec.dim(sym)
+            sizes[sym] = int(rng.integers(dim.min, (dim.max or dim.example * 4) + 1))
+        feeds = {}
+        for key, inp in spec.inputs.items():
+            shape = tuple(sizes[d] if isinstance(d, str) else d for d in inp.shape)
+            assert inp.domain == "normal", "extend _fresh_draws for this domain"
+            x = rng.standard_normal(shape) * rng.choice([0.3, 1.0, 2.5]) + rng.choice([0.0, 0.0, 0.7, -0.7])
+            if i % 4 == 3:
+                x[rng.random(shape) < 0.3] = 0.0
+            feeds[key] = x.astype(inp.dtype)
+        draws.append(feeds)
+    return draws
+
+
+def test_a_forward_that_changes_its_module_is_named_and_never_leaks_into_an_export(tmp_path: Path) -> None:
+    result = export_package(HAZARDS.get("hazard.shrinking_window"), tmp_path / "pkg")
+    stateful = [f for f in result.findings if f.kind == "stateful-forward"]
+    assert stateful and "sample 'seq-1'" in stateful[0].message and "window: 4 -> 1" in stateful[0].message
+    for path in result.paths:
+        if path.status == "rejected" and "parity failed" in path.reason:
+            assert "forward changed the model" in path.reason and "window: 4 -> 1" in path.reason, path.reason
+    assert "traced: control flow" not in " ".join(p.reason for p in result.paths)
+
+
 def test_rejection_names_the_sample_and_the_likely_cause(tmp_path: Path) -> None:
     result = export_package(HAZARDS.get("hazard.loop_over_batch"), tmp_path / "pkg", formats=["onnx", "onnx_legacy"])
     onnx = result.path("onnx")
@@ -125,8 +253,8 @@ def test_rejection_names_the_sample_and_the_likely_cause(tmp_path: Path) -> None
 
 def _recheck_on_unseen_inputs(spec: ModelSpec, artifact: Path, fmt: str) -> None:
     samples = generate_samples(spec, seed=12345)
-    eager = EagerSession(spec.build().eval(), signature=input_signature(spec))
-    expected = [eager.run(s.feeds) for s in samples]
+    signature = input_signature(spec)
+    expected = [EagerSession(spec.build().eval(), signature=signature).run(s.feeds) for s in samples]
     runtime = runtime_for(fmt)
     assert runtime is not None
     session = runtime.load(artifact, signature=package_signature(spec, samples, expected))

@@ -67,7 +67,7 @@ def test_every_stage_and_path_is_recorded_and_timed(tmp_path: Path) -> None:
     assert [s.status for s in result.stages] == ["passed"] * 6
     assert [p.exporter for p in result.kept] == list(ALL_FORMATS)
     assert all(p.export_seconds > 0 for p in result.paths)
-    assert [s.name for s in result.samples] == ["export", "batch-1", "batch-7"]
+    assert [s.name for s in result.samples] == ["export", "batch-1", "batch-7", "values-wide", "values-shifted"]
     assert any(f.kind == "training-mode" for f in result.findings)
     assert result.package == tmp_path / "pkg"
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from toolchain.core.errors import SpecError
 from toolchain.core.registry import Registry
 from toolchain.core.samples import generate_samples
 from toolchain.core.spec import Dim, Input, ModelSpec, exportable
@@ -40,20 +41,23 @@ def test_first_set_is_export_with_every_dim_at_example_size(spec: ModelSpec) -> 
 
 def test_every_symbolic_dim_gets_at_least_two_other_sizes_including_min(spec: ModelSpec) -> None:
     names = [s.name for s in generate_samples(spec, seed=0)]
-    assert names == ["export", "batch-1", "batch-7", "seq-2", "seq-10"]
+    assert names == ["export", "batch-1", "batch-7", "seq-2", "seq-10", "values-wide", "values-shifted"]
     assert len(names) == len(set(names))
 
 
 def test_default_dim_sizes_include_one() -> None:
     names = [s.name for s in generate_samples(_spec({"x": ("n", "m")}), seed=0)]
-    assert names == ["export", "n-1", "n-9", "m-1", "m-9"]
+    assert names == ["export", "n-1", "n-9", "m-1", "m-9", "values-wide", "values-shifted"]
 
 
-def test_each_extra_set_changes_exactly_one_dim(spec: ModelSpec) -> None:
+def test_each_size_set_changes_exactly_one_dim_and_value_draws_none(spec: ModelSpec) -> None:
     sets = generate_samples(spec, seed=0)
     base = sets[0].sizes
     for s in sets[1:]:
         changed = [sym for sym in base if s.sizes[sym] != base[sym]]
+        if s.name.startswith("values-"):
+            assert changed == []
+            continue
         sym = s.name.rsplit("-", 1)[0]
         assert changed == [sym]
         assert s.name == f"{sym}-{s.sizes[sym]}"
@@ -120,3 +124,58 @@ def test_adding_a_size_leaves_the_other_sets_values_alone() -> None:
     assert set(large) - set(small) == {"batch-40"}
     for name, sample in small.items():
         np.testing.assert_array_equal(sample.feeds["x"], large[name].feeds["x"])
+
+
+def _value_sets(spec: ModelSpec) -> dict[str, dict[str, np.ndarray]]:
+    return {s.name: dict(s.feeds) for s in generate_samples(spec, seed=0) if s.name.startswith("values-")}
+
+
+def test_value_draws_reach_other_scales_and_exact_zeros() -> None:
+    spec = _spec({"x": Input.normal(("n", 64))}, dims={"n": Dim(example=8)})
+    plain = generate_samples(spec, seed=0)[0].feeds["x"]
+    draws = _value_sets(spec)
+    assert set(draws) == {"values-wide", "values-shifted"}
+    assert draws["values-wide"]["x"].std() > 2 * plain.std()
+    assert draws["values-shifted"]["x"].mean() > 0.5 > abs(plain.mean())
+    assert all((d["x"] == 0).any() for d in draws.values())
+
+
+def test_value_draws_hold_both_ends_of_an_id_range_and_the_padding_id() -> None:
+    spec = _spec({"ids": Input.ids(("n", 32), low=0, high=50, padding_id=7)}, dims={"n": Dim(example=4)})
+    wide = _value_sets(spec)["values-wide"]["ids"]
+    assert {0, 49, 7} <= set(wide.ravel().tolist())
+    assert wide.min() >= 0 and wide.max() < 50
+    with pytest.raises(SpecError, match="padding id 60"):
+        Input.ids(("n",), high=50, padding_id=60)
+
+
+@pytest.mark.parametrize(
+    ("declared", "pad", "start"),
+    [
+        (Input.padding_mask(("b", "s")), 0, False),
+        (Input.key_padding_mask(("b", "s")), 1, False),
+        (Input.padding_mask(("b", "s"), side="start", min_valid=2), 0, True),
+    ],
+)
+def test_padding_masks_keep_their_convention_in_every_set(declared: Input, pad: int, start: bool) -> None:
+    spec = _spec({"m": declared}, dims={"b": Dim(example=6), "s": Dim(example=5, min=1, max=9)})
+    lengths_seen = set()
+    for s in generate_samples(spec, seed=0):
+        mask = s.feeds["m"].astype(np.int64)
+        valid = mask != pad
+        seq = mask.shape[-1]
+        lengths = valid.sum(-1)
+        assert (lengths >= min(declared.min_valid, seq)).all(), s.name
+        for row, n in zip(valid, lengths, strict=True):  # one contiguous valid run on the declared side
+            expected = np.arange(seq)[::-1] < n if start else np.arange(seq) < n
+            assert (row == expected).all(), s.name
+        lengths_seen |= {(int(n), seq) for n in lengths}
+    assert any(n == seq for n, seq in lengths_seen) and any(n < seq for n, seq in lengths_seen)
+
+
+def test_an_arbitrary_mask_still_draws_all_valid_rows_and_runs_from_either_end() -> None:
+    spec = _spec({"m": Input.mask(("b", 12))}, dims={"b": Dim(example=32)})
+    rows = np.concatenate([d["m"] for d in _value_sets(spec).values()]).astype(bool)
+    assert any(r.all() for r in rows)
+    assert any(r[0] and not r[-1] and r.sum() == np.argmin(r) for r in rows)  # a run from the start
+    assert any(r[-1] and not r[0] for r in rows)

@@ -89,7 +89,7 @@ def test_batch_stays_symbolic_and_matches_eager(tmp_path: Path, capfd: pytest.Ca
     assert [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim] == ["batch", 4]
     assert [o.name for o in proto.graph.output] == ["y"]
     results = _reports(TINY, model, tmp_path / artifact.path, 2)
-    assert list(results) == ["export", "batch-1", "batch-7"]
+    assert list(results) == ["export", "batch-1", "batch-7", "values-wide", "values-shifted"]
     assert all(isinstance(r, ParityReport) and r for r in results.values()), results
 
 

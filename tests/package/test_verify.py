@@ -37,7 +37,14 @@ def test_verify_passes_on_every_sample_set(dlrm_package: Path) -> None:
     assert report, report.failure_lines()
     assert len(report.checks) == 5
     for check in report.checks:
-        assert [r.sample for r in check.reports] == ["export", "batch-1", "batch-17", "batch-512"]
+        assert [r.sample for r in check.reports] == [
+            "export",
+            "batch-1",
+            "batch-17",
+            "batch-512",
+            "values-wide",
+            "values-shifted",
+        ]
 
 
 def test_verify_runs_without_torch(dlrm_package: Path) -> None:

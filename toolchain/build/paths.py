@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from runtimes import runtime_for
 from toolchain.build.optimize import PassResult, count_nodes, optimize_artifact
 from toolchain.build.passes import GraphPass
 from toolchain.build.precision import VariantOutcome
+from toolchain.build.values import frozen_values, retrace_differs, source_text
 from toolchain.core.artifact import Artifact, Finding
 from toolchain.core.checks import TaskCheck
 from toolchain.core.errors import ToolchainError
@@ -142,6 +144,8 @@ class Replayer:
     samples: Sequence[SampleSet]
     expected: Sequence[Mapping[str, np.ndarray]]
     signature: Signature
+    causes: Mapping[str, Finding] = field(default_factory=dict)
+    """Sample set -> what explains a failure there before any exporter does (the forward changed the model)."""
 
     def check(
         self, path: Path, fmt: str, *, tolerance: Tolerance, checks: Sequence[TaskCheck] = ()
@@ -222,13 +226,42 @@ def try_path(
     artifact = path.artifact
     main = workdir / artifact.path
     path.reports = replayer.checker(artifact.format)(main)
-    path.status, path.reason = _verdict(path.reports, replayer.samples, artifact.findings)
+    path.status, path.reason = _verdict(path.reports, replayer.samples, artifact.findings, replayer.causes)
+    frozen = frozen_values(artifact.findings)
+    if frozen:
+        _judge_frozen(path, model, replayer, frozen)
     if path.status == REJECTED and artifact.format == "onnx":
         path.localization = explain(model, replayer, main, path.reports, tolerance=replayer.spec.tolerance)
         if path.localization is not None:
             path.reason += f"; {path.localization}"
     path.verify_seconds = time.perf_counter() - start
     return path
+
+
+def _judge_frozen(path: PathResult, model: Any, replayer: Replayer, frozen: list[Finding]) -> None:
+    """Reject a trace that froze a tensor value which other inputs change, unless the spec allows it."""
+    assert path.artifact is not None
+    where = ", ".join(f"{f.source} (`{source_text(f.source)}`)" for f in frozen[:3])
+    if path.status == REJECTED:
+        if where not in path.reason:
+            path.reason += f"; the trace turned a tensor value into a constant at {where}"
+        return
+    differs = retrace_differs(model, replayer.spec, replayer.samples)
+    if differs and not replayer.spec.allow_frozen_values:
+        path.status = REJECTED
+        path.reason = (
+            f"the trace turned a tensor value into a constant at {where}: traced again on sample {differs!r} "
+            "it records another graph, so it is right only for inputs that take the export sample's branch; "
+            "torch.jit.script and torch.export keep the branch "
+            "(to ship this trace anyway, declare @exportable(allow_frozen_values=True))"
+        )
+        return
+    if differs:
+        note = f"traced again on sample {differs!r} it records another graph; shipped: the spec allows frozen values"
+    else:
+        note = "traced again on every sample set of the export size it records the same graph"
+    finding = Finding("frozen-value", f"the trace turned a tensor value into a constant at {where}; {note}")
+    path.artifact = replace(path.artifact, findings=(*path.artifact.findings, finding))
 
 
 def optimize_path(
@@ -277,12 +310,19 @@ def exported_copy(main: Path) -> Path:
     return main.with_name(main.name + ".exported")
 
 
-def _verdict(reports: list[ParityReport], samples: Sequence[SampleSet], findings: Sequence[Finding]) -> tuple[str, str]:
+def _verdict(
+    reports: list[ParityReport],
+    samples: Sequence[SampleSet],
+    findings: Sequence[Finding],
+    causes: Mapping[str, Finding] = MappingProxyType({}),
+) -> tuple[str, str]:
     failed = [(s, r) for s, r in zip(samples, reports, strict=True) if not r]
     if not failed:
         return KEPT, ""
     sample, report = failed[0]
-    cause = likely_cause(sample, samples[0], findings)
+    # NOTE: a forward that changed the model explains a failure on any later set too (the artifact may keep
+    # the changed state at run time), so the change found on another set still comes before exporter notes.
+    cause = causes.get(sample.name) or next(iter(causes.values()), None) or likely_cause(sample, samples[0], findings)
     more = f" (and {len(failed) - 1} more sample set(s))" if len(failed) > 1 else ""
     because = f"; likely cause: {cause}" if cause else ""
     return REJECTED, f"parity failed on sample {sample.name!r} ({sizes(sample)}): {failure(report)}{more}{because}"
@@ -322,7 +362,8 @@ def likely_cause(sample: SampleSet, base: SampleSet, findings: Sequence[Finding]
     for f in shape:
         if any(f"'{sym}'" in f.message for sym in moved):
             return f
-    traced = [f for f in findings if f.kind == "traced" or "TracerWarning" in f.message]
+    # NOTE: a warning at the user's line that froze a value explains more than the generic "traced" note.
+    traced = frozen_values(findings) + [f for f in findings if f.kind == "traced" or "TracerWarning" in f.message]
     return next(iter(traced + shape), None)
 
 

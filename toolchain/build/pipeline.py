@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import tempfile
 import time
@@ -18,6 +19,7 @@ from runtimes.eager import EagerSession
 from toolchain.build.passes import GraphPass
 from toolchain.build.paths import KEPT, PathResult, Replayer, likely_cause, optimize_path, sizes, try_path
 from toolchain.build.record import build_manifest, build_report
+from toolchain.build.state import reference_outputs
 from toolchain.build.variants import build_variants, measure_drift, variants_for
 from toolchain.core.artifact import Finding
 from toolchain.core.errors import InferenceError, PackageError, TargetError, ToolchainError
@@ -194,10 +196,14 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
         model.eval()
     with result.running("reference", progress):
         result.samples = generate_samples(spec, seed=plan.seed)
-        eager = EagerSession(model, signature=input_signature(spec))
-        expected = [_reference(eager, s) for s in result.samples]
+        signature = input_signature(spec)
+        state = reference_outputs(
+            model, result.samples, lambda working, s: _reference(EagerSession(working, signature=signature), s)
+        )
+        expected = state.expected
+        result.findings.extend(state.findings())
         result.signature = package_signature(spec, result.samples, expected)
-    replayer = Replayer(spec, result.samples, expected, result.signature)
+    replayer = Replayer(spec, result.samples, expected, result.signature, causes=state.causes())
     with stage_package(out, force=plan.force) as staging, ExitStack() as scratch:
         workdirs: dict[str, Path] = {}
         with result.running("export", progress) as stage:
@@ -208,7 +214,8 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
                         tempfile.TemporaryDirectory(prefix=f".{staging.dest.name}.{name}-", dir=staging.path.parent)
                     )
                 )
-                result.paths.append(try_path(name, model, replayer, workdirs[name]))
+                # NOTE: a copy never run, so a forward that changes its module cannot leak into the next path.
+                result.paths.append(try_path(name, copy.deepcopy(model), replayer, workdirs[name]))
                 if plan.first_only and result.paths[-1].status == KEPT:
                     break
             if not result.kept:

@@ -1,17 +1,25 @@
-"""Seeded input sets generated from a spec: the export size, then other sizes of every symbolic dim."""
+"""Seeded input sets generated from a spec: the export size, other sizes of every symbolic dim, value draws."""
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from toolchain.core.errors import SpecError
 from toolchain.core.spec import Input, ModelSpec
 
-__all__ = ["SampleSet", "generate_samples", "make_feed"]
+__all__ = ["VALUE_DRAWS", "SampleSet", "generate_samples", "make_feed"]
+
+VALUE_DRAWS = ("wide", "shifted")
+"""Value draws at the export size, beside the plain one: ``values-wide`` (floats at 3x the scale with
+exact zeros, ids at both ends of their range, masks of full rows and the fewest valid positions) and
+``values-shifted`` (floats offset to mostly positive at half the scale, ids crowded low with the
+padding id, masks of mixed lengths and valid runs from either end). A branch on a value (``if
+h.mean() > 0.3``) that every plain draw takes the same way is taken the other way by one of them."""
 
 
 @dataclass(frozen=True)
@@ -24,21 +32,23 @@ class SampleSet:
 
 
 def generate_samples(spec: ModelSpec, *, seed: int = 0) -> list[SampleSet]:
-    """Input sets for `spec`: ``export`` at every dim's example size, then one set per other size.
+    """Input sets for `spec`: ``export`` at every dim's example size, one set per other size, value draws.
 
-    Each extra set moves a single symbolic dim (``batch-1``, ``batch-9``) and keeps the others at their
-    export size, so a failure points at one dim. Values respect each input's domain. The spec's own
-    named sample sets come last.
+    Each size set moves a single symbolic dim (``batch-1``, ``batch-9``) and keeps the others at their
+    export size, so a failure points at one dim. Then the `VALUE_DRAWS` at the export size, so a failure
+    there points at values, not sizes. Values respect each input's domain. The spec's own named sample
+    sets come last.
     """
     base = {sym: spec.dim(sym).example for sym in spec.symbols()}
-    plans: list[tuple[str, dict[str, int]]] = [("export", base)]
+    plans: list[tuple[str, dict[str, int], str]] = [("export", base, "plain")]
     for sym in spec.symbols():
-        plans.extend((f"{sym}-{size}", {**base, sym: size}) for size in spec.dim(sym).sizes()[1:])
+        plans.extend((f"{sym}-{size}", {**base, sym: size}, "plain") for size in spec.dim(sym).sizes()[1:])
+    plans.extend((f"values-{style}", base, style) for style in VALUE_DRAWS)
     sets = []
-    for name, sizes in plans:
+    for name, sizes, style in plans:
         # NOTE: seeded by the set's name, so adding or dropping a size leaves the other sets' values alone.
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-        feeds = {key: make_feed(inp, sizes, rng) for key, inp in spec.inputs.items()}
+        feeds = {key: make_feed(inp, sizes, rng, style=style) for key, inp in spec.inputs.items()}
         sets.append(SampleSet(name=name, sizes=sizes, feeds=feeds))
     generated = {s.name for s in sets}
     for name, given in spec.samples.items():
@@ -57,23 +67,95 @@ def _bind_sizes(spec: ModelSpec, name: str, feeds: Mapping[str, np.ndarray]) -> 
     return sizes
 
 
-def make_feed(inp: Input, sizes: Mapping[str, int], rng: np.random.Generator) -> np.ndarray:
-    """One array for `inp` with symbolic dims resolved from `sizes`."""
+def make_feed(inp: Input, sizes: Mapping[str, int], rng: np.random.Generator, *, style: str = "plain") -> np.ndarray:
+    """One array for `inp` with symbolic dims resolved from `sizes`, drawn in `style` (see `VALUE_DRAWS`)."""
     shape = tuple(sizes[d] if isinstance(d, str) else d for d in inp.shape)
     dtype = np.dtype(inp.dtype)
     if inp.domain == "normal":
-        return rng.standard_normal(shape).astype(dtype)
+        return _normal(shape, rng, style).astype(dtype)
     if inp.domain == "uniform":
-        values = rng.uniform(inp.low, inp.high, shape).astype(dtype)
-        # NOTE: rounding to a narrow float can reach `high`; keep the promised half-open range.
-        below = np.nextafter(dtype.type(inp.high), dtype.type(inp.low))
-        return np.where(values >= dtype.type(inp.high), below, values).astype(dtype)
+        return _uniform(inp, shape, dtype, rng, style)
     if inp.domain == "ids":
-        return rng.integers(int(inp.low), int(inp.high), shape).astype(dtype)
+        return _ids(inp, shape, rng, style).astype(dtype)
     if inp.domain == "padding_mask":
-        keep = rng.integers(1, shape[-1] + 1, (*shape[:-1], 1))
-        return (np.arange(shape[-1]) < keep).astype(dtype)
+        return _padding_mask(inp, shape, rng, style).astype(dtype)
     if inp.domain == "offsets":
         starts = np.sort(rng.integers(0, sizes[inp.over] + 1, shape[0] - 1))
         return np.concatenate([[0], starts]).astype(dtype)
-    return rng.integers(0, 2, shape).astype(dtype)  # mask
+    return _mask(shape, rng, style).astype(dtype)
+
+
+def _normal(shape: tuple[int, ...], rng: np.random.Generator, style: str) -> np.ndarray:
+    values = rng.standard_normal(shape)
+    if style == "wide":
+        values = values * 3.0
+    elif style == "shifted":
+        values = values * 0.5 + 1.0
+    if style != "plain":
+        values[rng.random(shape) < 0.125] = 0.0  # exact zeros: relu/abs/sign kinks, divisions, masks by value
+    return values
+
+
+def _uniform(
+    inp: Input, shape: tuple[int, ...], dtype: np.dtype[Any], rng: np.random.Generator, style: str
+) -> np.ndarray:
+    low, high = inp.low, inp.high
+    if style == "wide":  # both ends of the range, half of the values
+        values = np.where(rng.random(shape) < 0.5, rng.choice([low, high], shape), rng.uniform(low, high, shape))
+    elif style == "shifted":  # crowded into the lowest tenth, with exact zeros when the range holds 0
+        values = rng.uniform(low, low + (high - low) / 10, shape)
+        if low <= 0 < high:
+            values[rng.random(shape) < 0.125] = 0.0
+    else:
+        values = rng.uniform(low, high, shape)
+    values = values.astype(dtype)
+    # NOTE: rounding to a narrow float (or the drawn end itself) can reach `high`; keep the half-open range.
+    below = np.nextafter(dtype.type(high), dtype.type(low))
+    return np.where(values >= dtype.type(high), below, values).astype(dtype)
+
+
+def _ids(inp: Input, shape: tuple[int, ...], rng: np.random.Generator, style: str) -> np.ndarray:
+    low, high = int(inp.low), int(inp.high)
+    ids = rng.integers(low, high, shape)
+    if style == "wide":  # the first and last id of the range, a quarter of the positions each
+        ids = np.where(rng.random(shape) < 0.25, low, np.where(rng.random(shape) < 1 / 3, high - 1, ids))
+    elif style == "shifted":  # a few low ids repeated (collisions in bags and lookups)
+        ids = rng.integers(low, min(high, low + 4), shape)
+    if style != "plain" and inp.pad is not None:
+        ids = np.where(rng.random(shape) < 0.25, inp.pad, ids)
+    return ids
+
+
+def _padding_mask(inp: Input, shape: tuple[int, ...], rng: np.random.Generator, style: str) -> np.ndarray:
+    """Rows of valid positions then padding (or padding first, ``side="start"``), never below `min_valid`."""
+    seq = shape[-1]
+    rows = int(np.prod(shape[:-1], dtype=np.int64))
+    fewest = min(inp.min_valid, seq)
+    lengths = rng.integers(fewest, seq + 1, rows)
+    if style == "wide":  # full rows and rows with the fewest valid positions, alternating
+        lengths = np.where(np.arange(rows) % 2 == 0, seq, fewest)
+    elif style == "shifted" and rows:  # mixed lengths, with one full row and one as padded as allowed
+        lengths[0], lengths[-1] = seq, fewest
+    positions = np.arange(seq) if inp.side == "end" else np.arange(seq)[::-1]
+    valid = positions[None, :] < lengths[:, None]
+    pad = inp.pad or 0
+    return np.where(valid, 1 - pad, pad).reshape(shape)
+
+
+def _mask(shape: tuple[int, ...], rng: np.random.Generator, style: str) -> np.ndarray:
+    """Arbitrary 0/1 values; value draws add the structured rows real masks have along the last axis."""
+    bits = rng.integers(0, 2, shape)
+    if style == "plain" or not shape:
+        return bits
+    seq = shape[-1]
+    flat = bits.reshape(-1, seq)
+    kinds = rng.integers(0, 3, flat.shape[0])
+    for row, kind in enumerate(kinds):
+        run = int(rng.integers(1, seq + 1))
+        if kind == 0 or (style == "wide" and row == 0):
+            flat[row] = 1  # every position valid
+        elif kind == 1:
+            flat[row] = np.arange(seq) < run  # a valid run from the start
+        else:
+            flat[row] = np.arange(seq) >= seq - run  # a valid run up to the end
+    return flat.reshape(shape)

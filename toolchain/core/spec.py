@@ -90,6 +90,13 @@ class Input:
     high: float = 1.0
     over: str = ""
     """For ``offsets``: the symbolic dim of the flat index input the offsets point into."""
+    pad: int | None = None
+    """The value that means padding: a padding id (``ids``), or the mask value at padded positions
+    (``padding_mask``: 0 by default, 1 for PyTorch's ``key_padding_mask`` convention)."""
+    side: str = "end"
+    """For ``padding_mask``: where the padding sits in each row, ``"end"`` or ``"start"``."""
+    min_valid: int = 1
+    """For ``padding_mask``: the fewest valid (unpadded) positions a row has; 0 allows fully padded rows."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.shape, tuple):
@@ -114,6 +121,14 @@ class Input:
             raise SpecError("offsets input needs a 1-d shape like ('batch',) and over='<dim of the flat ids>'")
         if self.domain == "padding_mask" and not self.shape:
             raise SpecError("padding_mask input needs at least one axis (the sequence is the last)")
+        if self.side not in ("end", "start"):
+            raise SpecError(f"padding side must be 'end' or 'start', got {self.side!r}")
+        if self.domain == "padding_mask" and self.pad not in (None, 0, 1):
+            raise SpecError(f"padding_mask pad must be 0 or 1 (the mask value at padded positions), got {self.pad!r}")
+        if self.domain == "ids" and self.pad is not None and not self.low <= self.pad < self.high:
+            raise SpecError(f"ids padding id {self.pad} must lie in [low={self.low:g}, high={self.high:g})")
+        if not isinstance(self.min_valid, int) or self.min_valid < 0:
+            raise SpecError(f"min_valid must be an int >= 0, got {self.min_valid!r}")
 
     @classmethod
     def normal(cls, shape: tuple[int | str, ...], *, dtype: str = "float32") -> Input:
@@ -126,19 +141,59 @@ class Input:
         return cls(shape, dtype, "uniform", low, high)
 
     @classmethod
-    def ids(cls, shape: tuple[int | str, ...], *, high: int, low: int = 0, dtype: str = "int64") -> Input:
-        """Integer ids (token or row indices) uniform in ``[low, high)``."""
-        return cls(shape, dtype, "ids", low, high)
+    def ids(
+        cls,
+        shape: tuple[int | str, ...],
+        *,
+        high: int,
+        low: int = 0,
+        padding_id: int | None = None,
+        dtype: str = "int64",
+    ) -> Input:
+        """Integer ids (token or row indices) uniform in ``[low, high)``.
+
+        Value draws include both ends and `padding_id` (an embedding's ``padding_idx``), when given.
+        """
+        return cls(shape, dtype, "ids", low, high, pad=padding_id)
 
     @classmethod
     def mask(cls, shape: tuple[int | str, ...], *, dtype: str = "bool") -> Input:
-        """0/1 values (attention or padding masks)."""
+        """Arbitrary 0/1 values.
+
+        Value draws add the structured rows real masks have (all valid, runs from either end). For padding
+        masks declare `padding_mask`, whose rows never leave its convention.
+        """
         return cls(shape, dtype, "mask", 0, 2)
 
     @classmethod
-    def padding_mask(cls, shape: tuple[int | str, ...], *, dtype: str = "bool") -> Input:
-        """Padding masks over the last axis: each row is 1 for a random prefix of length >= 1, then 0."""
-        return cls(shape, dtype, "padding_mask", 0, 2)
+    def padding_mask(
+        cls,
+        shape: tuple[int | str, ...],
+        *,
+        pad: int = 0,
+        side: str = "end",
+        min_valid: int = 1,
+        dtype: str = "bool",
+    ) -> Input:
+        """Padding masks over the last axis: each row holds a run of valid positions, then padding.
+
+        Args:
+            shape: the mask's shape; the sequence is the last axis.
+            pad: the mask value at padded positions: 0 (1 marks valid tokens, as attention masks do) or 1
+                (``True`` at padding: PyTorch's ``key_padding_mask``; see `key_padding_mask`).
+            side: where the padding sits, ``"end"`` (right padding) or ``"start"`` (left padding).
+            min_valid: the fewest valid positions in a row (0 allows fully padded rows).
+            dtype: ``bool``, an integer or a float dtype.
+        """
+        return cls(shape, dtype, "padding_mask", 0, 2, pad=pad, side=side, min_valid=min_valid)
+
+    @classmethod
+    def key_padding_mask(cls, shape: tuple[int | str, ...], *, side: str = "end", min_valid: int = 1) -> Input:
+        """PyTorch's ``key_padding_mask`` convention: bool, ``True`` at padded positions.
+
+        As ``nn.MultiheadAttention`` and ``nn.TransformerEncoder`` take it.
+        """
+        return cls.padding_mask(shape, pad=1, side=side, min_valid=min_valid)
 
     @classmethod
     def offsets(cls, shape: tuple[int | str, ...], *, over: str, dtype: str = "int64") -> Input:
@@ -160,6 +215,9 @@ class Input:
             "low": self.low,
             "high": self.high,
             "over": self.over,
+            "pad": self.pad,
+            "side": self.side,
+            "min_valid": self.min_valid,
         }
 
 
@@ -184,6 +242,10 @@ class ModelSpec:
     """Task-level checks (top-1, cosine, ranking) that fp16 and int8 variants must pass too."""
     variant_tolerance: Mapping[str, Tolerance] = field(default_factory=dict)
     """Precision -> allowed error for that variant, over `VARIANT_TOLERANCES`."""
+    allow_frozen_values: bool = False
+    """Ship a trace that froze a tensor's value into a constant (a value branch) even when retracing on
+    other inputs records another graph; off by default, since such a trace is right only for inputs
+    that take the export sample's branch."""
 
     def tolerance_for(self, precision: str) -> Tolerance:
         """The element-wise tolerance of a precision variant (``"fp32"`` is the spec's own)."""
@@ -251,6 +313,7 @@ def exportable(
     samples: Mapping[str, Mapping[str, Any]] = _NO_SAMPLES,
     checks: Iterable[TaskCheck] = (),
     variant_tolerance: Mapping[str, Tolerance] = _NO_TOLERANCES,
+    allow_frozen_values: bool = False,
     override: bool = False,
     registry: Registry[ModelSpec] = SPECS,
 ) -> Callable[[F], F]:
@@ -276,6 +339,10 @@ def exportable(
             variants must pass beside their looser element-wise tolerance.
         variant_tolerance: precision (``"fp16"``, ``"int8"``) -> `Tolerance` for that variant,
             replacing the default in `VARIANT_TOLERANCES`.
+        allow_frozen_values: keep a traced artifact (``torchscript_trace``, legacy ONNX, a traced
+            ``torchscript``) that turned a tensor's value into a Python constant although a new trace
+            on other inputs records another graph. Off: such a path is rejected, naming the line. Turn
+            it on only when every input the model will see takes the export sample's branch.
         override: replace an existing registration of the same name.
         registry: where to register (tests pass their own).
     """
@@ -311,6 +378,7 @@ def exportable(
             samples=MappingProxyType(extra),
             checks=spec_checks,
             variant_tolerance=MappingProxyType(dict(variant_tolerance)),
+            allow_frozen_values=bool(allow_frozen_values),
         )
         registry.register(name, spec, override=override)
         return obj
