@@ -176,3 +176,22 @@ def test_readme_example_exports(tmp_path: Path, cleanup_specs) -> None:
     result = runner.invoke(app, ["export", f"{path}:Ranker", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert runner.invoke(app, ["verify", str(out)]).exit_code == 0
+
+
+def test_export_with_real_data_replays_and_ships_it(tmp_path: Path, cleanup_specs) -> None:
+    import numpy as np
+
+    path = _user_file(tmp_path, "user.with_data")
+    data = tmp_path / "data"
+    data.mkdir()
+    for n in (2, 5):
+        np.savez(data / f"batch{n}.npz", x=np.random.default_rng(n).standard_normal((n, 4)).astype(np.float32))
+    out = tmp_path / "pkg"
+    result = runner.invoke(app, ["export", f"{path}:UserModel", "--out", str(out), "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    assert (out / "samples" / "data-1" / "inputs").is_dir()
+    assert "Real data: 2 batch(es)" in (out / "report.md").read_text()
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, y=np.zeros((2, 4), np.float32))
+    result = runner.invoke(app, ["export", f"{path}:UserModel", "--out", str(tmp_path / "p2"), "--data", str(bad)])
+    assert result.exit_code == 1 and "data batch 0: inputs ['x'] missing" in result.output, result.output

@@ -74,6 +74,14 @@ def export(
     ] = "fp32",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing package at --out.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for the generated sample inputs.")] = 0,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Real input batches: FILE.npz (an array per input name) or a folder of them; replayed as sample "
+            "sets data-0, ... beside the generated ones and shipped.",
+        ),
+    ] = None,
 ) -> None:
     """Export TARGET through each path, verify against eager at every sample size, package what passes."""
     from rich.console import Console
@@ -82,6 +90,10 @@ def export(
 
     console = Console(stderr=True)
     spec = _resolve_target(target)
+    if data is not None:
+        from toolchain.core.data import load_data, with_data
+
+        spec = with_data(spec, load_data(data))
     chosen = () if formats == "all" else tuple(f.strip() for f in formats.split(",") if f.strip())
     with console.status(f"{spec.name}: starting") as status:
         result = export_package(

@@ -69,6 +69,7 @@ def build_report(result: ExportResult) -> dict[str, Any]:
         "findings": [f.to_dict() for f in result.findings],
         "tolerance": spec.tolerance.to_dict(),
         "samples": [{"name": s.name, "sizes": dict(s.sizes)} for s in result.samples],
+        "data_batches": sum(1 for s in result.samples if s.name.startswith("data-")),
         "versions": library_versions(),
     }
 

@@ -37,7 +37,7 @@ def generate_samples(spec: ModelSpec, *, seed: int = 0) -> list[SampleSet]:
     Each size set moves a single symbolic dim (``batch-1``, ``batch-9``) and keeps the others at their
     export size, so a failure points at one dim. Then the `VALUE_DRAWS` at the export size, so a failure
     there points at values, not sizes. Values respect each input's domain. The spec's own named sample
-    sets come last.
+    sets come last, then the user's real data (``data-0``, ...).
     """
     base = {sym: spec.dim(sym).example for sym in spec.symbols()}
     plans: list[tuple[str, dict[str, int], str]] = [("export", base, "plain")]
@@ -55,6 +55,9 @@ def generate_samples(spec: ModelSpec, *, seed: int = 0) -> list[SampleSet]:
         if name in generated:
             raise SpecError(f"sample set name {name!r} of {spec.name} clashes with a generated one; rename it")
         sets.append(SampleSet(name=name, sizes=_bind_sizes(spec, name, given), feeds=dict(given)))
+    for index, batch in enumerate(spec.data):
+        name = f"data-{index}"
+        sets.append(SampleSet(name=name, sizes=_bind_sizes(spec, name, batch), feeds=dict(batch)))
     return sets
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -242,6 +243,8 @@ class ModelSpec:
     """Task-level checks (top-1, cosine, ranking) that fp16 and int8 variants must pass too."""
     variant_tolerance: Mapping[str, Tolerance] = field(default_factory=dict)
     """Precision -> allowed error for that variant, over `VARIANT_TOLERANCES`."""
+    data: tuple[Mapping[str, np.ndarray], ...] = ()
+    """The user's real input batches (checked against the inputs), replayed as sample sets ``data-0``, ..."""
     allow_frozen_values: bool = False
     """Ship a trace that froze a tensor's value into a constant (a value branch) even when retracing on
     other inputs records another graph; off by default, since such a trace is right only for inputs
@@ -313,6 +316,7 @@ def exportable(
     samples: Mapping[str, Mapping[str, Any]] = _NO_SAMPLES,
     checks: Iterable[TaskCheck] = (),
     variant_tolerance: Mapping[str, Tolerance] = _NO_TOLERANCES,
+    data: Iterable[Any] = (),
     allow_frozen_values: bool = False,
     override: bool = False,
     registry: Registry[ModelSpec] = SPECS,
@@ -339,6 +343,10 @@ def exportable(
             variants must pass beside their looser element-wise tolerance.
         variant_tolerance: precision (``"fp16"``, ``"int8"``) -> `Tolerance` for that variant,
             replacing the default in `VARIANT_TOLERANCES`.
+        data: real input batches (an iterable or DataLoader of mappings name -> array or tensor, of
+            tuples in ``forward``'s order, or of single arrays): the first `MAX_DATA_BATCHES` are checked
+            against `inputs` now, then replayed on every artifact as sample sets ``data-0``, ... and
+            shipped as golden samples. For a DataLoader of ``(inputs, labels)``: ``(x for x, _ in loader)``.
         allow_frozen_values: keep a traced artifact (``torchscript_trace``, legacy ONNX, a traced
             ``torchscript``) that turned a tensor's value into a Python constant although a new trace
             on other inputs records another graph. Off: such a path is rejected, naming the line. Turn
@@ -350,6 +358,7 @@ def exportable(
     out_names = _check_outputs(outputs, spec_inputs)
     _check_dims(dims, spec_inputs)
     extra = _check_samples(samples, spec_inputs)
+    data_batches = _first_batches(data)
     if not isinstance(tolerance, Tolerance):
         raise SpecError(f"tolerance must be a toolchain.Tolerance, got {type(tolerance).__name__}")
     unknown = sorted(set(tolerance.per_output) - set(out_names))
@@ -363,6 +372,12 @@ def exportable(
         raise SpecError(f"name must be letters, digits, '_', '.', '-' (like 'feed.dlrm'), got {name!r}")
 
     def decorate(obj: F) -> F:
+        if not inspect.isclass(obj) and hasattr(obj, "forward") and hasattr(obj, "state_dict"):
+            raise SpecError(
+                f"@exportable(name={name!r}) was applied to an nn.Module instance ({type(obj).__name__}), not a "
+                "class or factory; decorate the class, or export the instance with "
+                "toolchain.export(model, inputs=..., out=...)"
+            )
         _check_factory(obj, list(spec_inputs))
         spec = ModelSpec(
             name=name,
@@ -380,10 +395,25 @@ def exportable(
             variant_tolerance=MappingProxyType(dict(variant_tolerance)),
             allow_frozen_values=bool(allow_frozen_values),
         )
+        if data_batches:
+            from toolchain.core.data import checked_data  # NOTE: here, since data.py builds on this module
+
+            spec = replace(spec, data=checked_data(spec, data_batches))
         registry.register(name, spec, override=override)
         return obj
 
     return decorate
+
+
+def _first_batches(data: Iterable[Any]) -> list[Any]:
+    from toolchain.core.data import MAX_DATA_BATCHES
+
+    if isinstance(data, Mapping | np.ndarray) or hasattr(data, "detach"):
+        return [data]  # one batch given on its own
+    try:
+        return list(itertools.islice(iter(data), MAX_DATA_BATCHES))
+    except TypeError:
+        raise SpecError(f"data must be an iterable of input batches, got {type(data).__name__}") from None
 
 
 def spec_for(obj: object, *, registry: Registry[ModelSpec] = SPECS) -> ModelSpec | None:

@@ -11,7 +11,16 @@ __all__ = ["render_markdown", "runtime_label"]
 def render_markdown(report: Mapping[str, Any]) -> str:
     """``report.md``: stages, a path x sample-set table, per-output parity, findings, versions."""
     lines = [f"# {report['name']} {report.get('version', '')} — toolchain report", ""]
-    lines += [f"Model source: `{report.get('source', '?')}`", "", "## Stages", ""]
+    lines += [f"Model source: `{report.get('source', '?')}`", ""]
+    batches = report.get("data_batches", 0)
+    lines += [
+        f"Real data: {batches} batch(es) of the user's data replayed as sample sets data-0.. beside the generated ones."
+        if batches
+        else "Real data: none given (`@exportable(data=...)`, `toolchain export --data`); generated samples only.",
+        "",
+        "## Stages",
+        "",
+    ]
     lines += ["| stage | status | seconds | detail |", "|---|---|---:|---|"]
     lines += [
         f"| {s['name']} | {s['status']} | {s['seconds']:.2f} | {_cell(s.get('detail', ''))} |"
