@@ -42,7 +42,31 @@ def export_instance(
     force: bool = False,
     progress: Callable[[str], None] = lambda message: None,
 ) -> ExportResult:
-    """Export `model` (an ``nn.Module`` instance) like a declared model; see `toolchain.export`."""
+    """Export an ``nn.Module`` *instance* through every path, verify it against eager, package what passes.
+
+    The instance is copied (the reference and every exporter get copies as it was handed over; the
+    instance itself is never run or changed).
+
+    Args:
+        model: the module instance.
+        inputs: input name -> an example tensor or array (its shape fixed, and itself a sample set
+            ``data-0``), or a declaration as in `exportable` (`Input` or a shape tuple with symbolic
+            dims); in ``forward``'s order.
+        out: the package folder to write.
+        dims: symbolic dim name -> `Dim`, for declared inputs.
+        outputs: names of the model's outputs, in return order.
+        data: real input batches, replayed as sample sets and shipped (see `exportable`).
+        name: the package's model name (default: the class name, lower-cased).
+        tolerance: allowed error against eager (default `Tolerance()`).
+        formats: export paths (default: every one); ``("auto",)`` for the best ONNX path only.
+        precisions: ``"fp32"``, ``"fp16"``, ``"int8"`` variants.
+        optimize: run the optimisation passes under the parity gate.
+        force: replace an existing package at `out`.
+        progress: receives one line per step.
+
+    Returns:
+        The `ExportResult`: truthy when a package was written; ``paths`` say why each path was kept or not.
+    """
     import torch
 
     if not isinstance(model, torch.nn.Module):
