@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import logging
 import os
@@ -212,7 +211,6 @@ def _is_user_file(file: str) -> bool:
     return not file.startswith(_library_roots())
 
 
-@functools.cache
 def _library_roots() -> tuple[str, ...]:
     """Folders of the libraries an export runs through (an editable install lives outside site-packages)."""
     roots = []

@@ -40,7 +40,7 @@ def _user_file(tmp_path: Path, name: str, body: str = "self.fc(x)") -> Path:
 
 @pytest.fixture
 def cleanup_specs():
-    import zoo  # noqa: F401 - the CLI imports the zoo; its models must not count as the test's own
+    import zoo  # noqa: F401 - the CLI imports the zoo for bare names; its models are not the test's own
 
     before = set(SPECS.names())
     yield

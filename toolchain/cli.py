@@ -447,9 +447,11 @@ def gate(
 
 
 def _resolve_target(target: str) -> ModelSpec:
-    """The spec TARGET names; the zoo is imported first so that its names resolve."""
-    import zoo  # noqa: F401 - registers the zoo's models
+    """The spec TARGET names; for a bare name the zoo is imported first so that its names resolve."""
     from toolchain.core.target import resolve_target
+
+    if ":" not in target:
+        import zoo  # noqa: F401 - registers the zoo's models
 
     return resolve_target(target)
 

@@ -240,6 +240,19 @@ def test_a_forward_that_changes_its_module_is_named_and_never_leaks_into_an_expo
     assert "traced: control flow" not in " ".join(p.reason for p in result.paths)
 
 
+def test_the_model_is_retraced_once_per_export_for_every_trace_based_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from toolchain.build import paths
+
+    calls = []
+    real = paths.retrace_differs
+    monkeypatch.setattr(paths, "retrace_differs", lambda *a: calls.append(1) or real(*a))
+    result = export_package(HAZARDS.get("hazard.shrinking_window"), tmp_path / "pkg")
+    assert {"onnx_legacy", "torchscript_trace"} <= {p.exporter for p in result.kept}
+    assert len(calls) == 1
+
+
 def test_rejection_names_the_sample_and_the_likely_cause(tmp_path: Path) -> None:
     result = export_package(HAZARDS.get("hazard.loop_over_batch"), tmp_path / "pkg", formats=["onnx", "onnx_legacy"])
     onnx = result.path("onnx")

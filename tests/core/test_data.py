@@ -78,6 +78,7 @@ def test_npz_files_and_folders_load_as_batches(tmp_path: Path) -> None:
     assert [b["x"].shape[0] for b in batches] == [1, 2, 3]
     assert len(with_data(_declare(), batches).data) == 3
     assert len(load_data(tmp_path / "b1.npz")) == 1
+    assert [b["x"].shape[0] for b in load_data(tmp_path, limit=2)] == [1, 2]
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(SpecError, match=r"bad.npz: not a readable .npz"):
         load_data(tmp_path)

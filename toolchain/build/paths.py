@@ -146,6 +146,16 @@ class Replayer:
     signature: Signature
     causes: Mapping[str, Finding] = field(default_factory=dict)
     """Sample set -> what explains a failure there before any exporter does (the forward changed the model)."""
+    _retraced: list[str] = field(default_factory=list, compare=False, repr=False)
+
+    def retrace_differs(self, model: Any) -> str:
+        """`values.retrace_differs` for this spec's samples, traced once per export.
+
+        Shared by every trace-based path: each gets a copy of the same model as built, so the answer is the same.
+        """
+        if not self._retraced:
+            self._retraced.append(retrace_differs(model, self.spec, self.samples))
+        return self._retraced[0]
 
     def check(
         self, path: Path, fmt: str, *, tolerance: Tolerance, checks: Sequence[TaskCheck] = ()
@@ -246,7 +256,7 @@ def _judge_frozen(path: PathResult, model: Any, replayer: Replayer, frozen: list
         if where not in path.reason:
             path.reason += f"; the trace turned a tensor value into a constant at {where}"
         return
-    differs = retrace_differs(model, replayer.spec, replayer.samples)
+    differs = replayer.retrace_differs(model)
     if differs and not replayer.spec.allow_frozen_values:
         path.status = REJECTED
         path.reason = (

@@ -38,10 +38,13 @@ def with_data(spec: ModelSpec, batches: Sequence[Any]) -> ModelSpec:
     return replace(spec, data=checked_data(spec, list(batches)[:MAX_DATA_BATCHES]))
 
 
-def load_data(path: Path) -> list[dict[str, np.ndarray]]:
-    """Batches from ``FILE.npz`` (one batch: an array per input name) or a folder of them (sorted by name)."""
+def load_data(path: Path, *, limit: int = MAX_DATA_BATCHES) -> list[dict[str, np.ndarray]]:
+    """Batches from ``FILE.npz`` (one batch: an array per input name) or a folder of them.
+
+    From a folder, the first `limit` files by name; the rest are never read.
+    """
     path = Path(path)
-    files = sorted(path.glob("*.npz")) if path.is_dir() else [path]
+    files = sorted(path.glob("*.npz"))[:limit] if path.is_dir() else [path]
     if not files:
         raise SpecError(f"--data {path}: the folder holds no .npz files (one batch each, an array per input)")
     batches = []
