@@ -121,6 +121,49 @@ class ShrinkingWindow(nn.Module):
         return self.fc(x)[:, : self.window].mean(1)
 
 
+class _Encoder(nn.Module):
+    """Two ``nn.TransformerEncoder`` layers taking PyTorch's key-padding mask (True at padding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.enc(x, src_key_padding_mask=mask)
+
+
+SEQ_DIMS = {"batch": Dim(example=2, max=8), "seq": Dim(example=6, min=2, max=12)}
+ENCODED = {"x": Input.normal(("batch", "seq", 16))}
+for _name, _mask, _ignored in (
+    ("hazard.transformer_key_padding", Input.key_padding_mask(("batch", "seq")), {}),
+    ("hazard.transformer_any_mask", Input.mask(("batch", "seq")), {}),
+    ("hazard.transformer_padding_ignored", Input.key_padding_mask(("batch", "seq")), {"output": "mask"}),
+):
+    exportable(name=_name, inputs={**ENCODED, "mask": _mask}, dims=SEQ_DIMS, ignore_padded=_ignored, registry=HAZARDS)(
+        type(_name.split(".")[1], (_Encoder,), {})
+    )
+
+
+@exportable(
+    name="hazard.packed_lengths",
+    inputs={"x": Input.normal(("batch", "seq", 8)), "lengths": Input.lengths(("batch",), over="seq")},
+    dims={"batch": Dim(example=3, max=8), "seq": Dim(example=8, min=1, max=8)},
+    registry=HAZARDS,
+)
+class PackedLengths(nn.Module):
+    """A GRU over rows packed by their lengths: a length beyond `seq` is an input it never sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(8, 8, batch_first=True)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        _, h = self.rnn(packed)
+        return h[0]
+
+
 class SameEitherWay(nn.Module):
     """A value branch whose two sides compute the same numbers through different ops."""
 
@@ -140,12 +183,16 @@ EXPECTED_KEPT = {
     "hazard.loop_over_batch": {"torchscript"},
     "hazard.train_mode": set(ALL_FORMATS),
     "hazard.inplace_view": {"onnx", "torchscript", "torchscript_trace", "exported_program"},
+    "hazard.transformer_key_padding": {"torchscript"},
+    "hazard.transformer_any_mask": {"torchscript"},
+    "hazard.transformer_padding_ignored": {"onnx", "torchscript", "torchscript_trace", "exported_program"},
+    "hazard.packed_lengths": {"torchscript", "torchscript_trace"},
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", HAZARDS.names())
-def test_no_path_passes_silently_with_wrong_numbers(name: str, tmp_path: Path) -> None:
+def test_no_path_passes_silently_and_no_kept_artifact_is_wrong_on_20_fresh_draws(name: str, tmp_path: Path) -> None:
     spec = HAZARDS.get(name)
     result = export_package(spec, tmp_path / "pkg")
     for path in result.paths:
@@ -156,13 +203,6 @@ def test_no_path_passes_silently_with_wrong_numbers(name: str, tmp_path: Path) -
         assert path.artifact is not None
         _recheck_on_unseen_inputs(spec, tmp_path / "pkg" / path.artifact.path, path.artifact.format)
     assert {p.exporter for p in result.kept} == EXPECTED_KEPT[name], [(p.exporter, p.reason) for p in result.paths]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", HAZARDS.names())
-def test_no_kept_artifact_of_a_hazard_is_wrong_on_20_fresh_draws(name: str, tmp_path: Path) -> None:
-    spec = HAZARDS.get(name)
-    result = export_package(spec, tmp_path / "pkg")
     draws = _fresh_draws(spec, 20, seed=2026)
     with torch.no_grad():  # NOTE: a model freshly built for each draw is the reference, never the exported one.
         expected = [spec.build().eval()(*(torch.from_numpy(d[n]) for n in spec.inputs)).numpy() for d in draws]
@@ -172,7 +212,8 @@ def test_no_kept_artifact_of_a_hazard_is_wrong_on_20_fresh_draws(name: str, tmp_
         assert runtime is not None and result.signature is not None
         session = runtime.load(tmp_path / "pkg" / path.artifact.path, signature=result.signature)
         for i, (feeds, exp) in enumerate(zip(draws, expected, strict=True)):
-            report = compare({spec.outputs[0]: exp}, session.run(feeds), spec.tolerance, sample=f"fresh-{i}")
+            actual = session.run(feeds)
+            report = compare({spec.outputs[0]: exp}, actual, spec.tolerance, sample=f"fresh-{i}", feeds=feeds)
             assert report, f"{path.exporter} kept but wrong on fresh draw {i}: {report}"
 
 
@@ -209,7 +250,9 @@ def _fresh_draws(spec: ModelSpec, count: int, *, seed: int) -> list[dict[str, np
     """Inputs drawn here, not by the toolchain: sizes anywhere in the declared range, values as real data has.
 
     Floats mix plain normal draws with real-looking ones (a few large activations, sparse zeros, a
-    constant offset), so a branch on a statistic goes both ways.
+    constant offset), so a branch on a statistic goes both ways. Masks and lengths look like a
+    tokenizer's batch: every row padded at the end (PyTorch's convention: True at padding), lengths
+    anywhere from 1 to the sequence.
     """
     rng = np.random.default_rng(seed)
     draws = []
@@ -221,10 +264,19 @@ def _fresh_draws(spec: ModelSpec, count: int, *, seed: int) -> list[dict[str, np
         feeds = {}
         for key, inp in spec.inputs.items():
             shape = tuple(sizes[d] if isinstance(d, str) else d for d in inp.shape)
-            assert inp.domain == "normal", "extend _fresh_draws for this domain"
-            x = rng.standard_normal(shape) * rng.choice([0.3, 1.0, 2.5]) + rng.choice([0.0, 0.0, 0.7, -0.7])
-            if i % 4 == 3:
-                x[rng.random(shape) < 0.3] = 0.0
+            if inp.domain == "normal":
+                x = rng.standard_normal(shape) * rng.choice([0.3, 1.0, 2.5]) + rng.choice([0.0, 0.0, 0.7, -0.7])
+                if i % 4 == 3:
+                    x[rng.random(shape) < 0.3] = 0.0
+            elif inp.domain == "lengths":
+                x = rng.integers(1, sizes[inp.over] + 1, shape)
+            else:
+                assert inp.domain in ("mask", "padding_mask"), "extend _fresh_draws for this domain"
+                seq = shape[-1]
+                valid = rng.integers(1, seq + 1, shape[:-1])[..., None]
+                x = np.arange(seq) >= valid  # True at padding, at the end of each row
+                if inp.domain == "padding_mask" and inp.pad == 0:
+                    x = ~x
             feeds[key] = x.astype(inp.dtype)
         draws.append(feeds)
     return draws
@@ -272,7 +324,7 @@ def _recheck_on_unseen_inputs(spec: ModelSpec, artifact: Path, fmt: str) -> None
     assert runtime is not None
     session = runtime.load(artifact, signature=package_signature(spec, samples, expected))
     for sample, exp in zip(samples, expected, strict=True):
-        report = compare(exp, session.run(sample.feeds), spec.tolerance, sample=sample.name)
+        report = compare(exp, session.run(sample.feeds), spec.tolerance, sample=sample.name, feeds=sample.feeds)
         assert report, f"{fmt} kept but wrong on inputs it never saw: {report}"
 
 
@@ -285,3 +337,43 @@ def test_train_mode_is_exported_in_eval_mode_and_said(tmp_path: Path) -> None:
 def test_misspelled_dynamic_dim_is_refused_when_declared() -> None:
     with pytest.raises(SpecError, match="'bacth'"):
         exportable(name="hazard.typo", inputs=X, dims={"bacth": Dim()}, registry=HAZARDS)
+
+
+def test_an_eager_fast_path_is_named_with_where_it_differs_and_how_to_opt_in(tmp_path: Path) -> None:
+    result = export_package(HAZARDS.get("hazard.transformer_key_padding"), tmp_path / "pkg", formats=["onnx"])
+    reason = result.path("onnx").reason
+    assert "likely cause: [eager-fast-path] eager ran the fast path of enc (nn.TransformerEncoder)" in reason, reason
+    assert "only at positions input 'mask' marks as padding" in reason, reason
+    assert "ignore_padded={'output': 'mask'}" in reason, reason
+    assert "traced" not in reason
+
+
+def test_the_padding_opt_in_is_recorded_in_the_package_and_replayed_by_verify(tmp_path: Path) -> None:
+    import json
+
+    from toolchain.package.verify import verify_package
+
+    result = export_package(HAZARDS.get("hazard.transformer_padding_ignored"), tmp_path / "pkg", formats=["onnx"])
+    assert result, result.path("onnx").reason
+    manifest = json.loads((tmp_path / "pkg" / "manifest.json").read_text())
+    assert manifest["tolerance"]["ignore_padded"] == {"output": {"input": "mask", "pad": 1}}
+    ignored = [o.ignored for r in result.path("onnx").reports for o in r.outputs]
+    assert all(n > 0 for n in ignored[:1]) and sum(ignored) > 0
+    assert all(verify_package(tmp_path / "pkg").checks)
+
+
+def test_a_length_beyond_a_declared_size_is_never_generated_and_ids_get_a_hint(tmp_path: Path) -> None:
+    registry: Registry[ModelSpec] = Registry("hazard")
+    exportable(
+        name="as_ids",
+        inputs={"x": Input.normal(("batch", "seq", 8)), "lengths": Input.ids(("batch",), low=1, high=9)},
+        dims={"batch": Dim(example=3, max=8), "seq": Dim(example=8, min=1, max=8)},
+        registry=registry,
+    )(type("AsIds", (PackedLengths,), {}))
+    result = export_package(registry.get("as_ids"), tmp_path / "pkg", formats=["torchscript"])
+    stage = result.failed_stage
+    assert stage is not None and stage.name == "reference"
+    assert "Input.lengths(..., over='seq')" in stage.detail, stage.detail
+    for sample in generate_samples(HAZARDS.get("hazard.packed_lengths")):
+        lengths, seq = sample.feeds["lengths"], sample.sizes["seq"]
+        assert lengths.min() >= 1 and lengths.max() <= seq, (sample.name, lengths, seq)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from toolchain.core.parity import ParityReport, Tolerance, compare
+from toolchain.core.parity import PaddedBy, ParityReport, Tolerance, compare
 
 TOL = Tolerance(atol=0.5, rtol=0.25)
 
@@ -162,3 +162,33 @@ def test_tolerance_dict_round_trip_including_per_output() -> None:
 def test_empty_arrays_pass(shape: tuple[int, ...]) -> None:
     report, out = _one(np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32))
     assert report and out.passed and out.max_abs == 0.0
+
+
+PADDED = Tolerance(atol=1e-5, rtol=0.0, ignore_padded={"y": PaddedBy("mask", 1)})
+
+
+def test_ignore_padded_skips_only_positions_the_mask_marks_as_padding() -> None:
+    expected = np.zeros((2, 3, 4), np.float32)
+    mask = np.array([[False, False, True], [False, True, True]])
+    at_padding = expected.copy()
+    at_padding[0, 2], at_padding[1, 1:] = 2.0, -7.0
+    report = compare({"y": expected}, {"y": at_padding}, PADDED, feeds={"mask": mask})
+    assert report and report.outputs[0].ignored == 12
+    assert "12 padded element(s) not compared" in str(report)
+    at_valid = at_padding.copy()
+    at_valid[1, 0, 3] = 0.5
+    assert not compare({"y": expected}, {"y": at_valid}, PADDED, feeds={"mask": mask})
+
+
+def test_ignore_padded_without_feeds_compares_everything_and_a_misfit_mask_fails() -> None:
+    expected, actual = np.zeros((2, 3), np.float32), np.ones((2, 3), np.float32)
+    assert not compare({"y": expected}, {"y": actual}, PADDED)
+    report = compare({"y": expected}, {"y": expected}, PADDED, feeds={"mask": np.ones((3, 2), bool)})
+    assert not report and "does not lead the output's shape (2, 3)" in report.outputs[0].reason
+
+
+def test_ignore_padded_round_trips_through_json() -> None:
+    data = json.loads(json.dumps(PADDED.to_dict()))
+    assert data["ignore_padded"] == {"y": {"input": "mask", "pad": 1}}
+    assert Tolerance.from_dict(data) == PADDED
+    assert "ignore_padded" not in Tolerance().to_dict()

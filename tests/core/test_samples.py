@@ -179,3 +179,27 @@ def test_an_arbitrary_mask_still_draws_all_valid_rows_and_runs_from_either_end()
     assert any(r.all() for r in rows)
     assert any(r[0] and not r[-1] and r.sum() == np.argmin(r) for r in rows)  # a run from the start
     assert any(r[-1] and not r[0] for r in rows)
+
+
+def test_an_arbitrary_mask_pads_a_whole_value_draw_on_one_side_as_a_tokenizer_does() -> None:
+    spec = _spec({"m": Input.mask(("b", 9))}, dims={"b": Dim(example=16)})
+    draws = _value_sets(spec)
+    for name, feeds in draws.items():
+        rows = feeds["m"].astype(bool)
+        if name == "values-wide":
+            assert all(r.sum() >= 1 and r[: r.sum()].all() for r in rows), rows  # ones from the start
+        else:
+            assert all(r.any() and not r.all() and r[-r.sum() :].all() for r in rows), rows  # ones up to the end
+
+
+def test_lengths_never_exceed_the_dim_they_count_in_any_set() -> None:
+    spec = _spec(
+        {"x": Input.normal(("b", "s", 2)), "n": Input.lengths(("b",), over="s", min_valid=2)},
+        dims={"b": Dim(example=6), "s": Dim(example=5, min=1, max=9)},
+    )
+    seen = set()
+    for s in generate_samples(spec, seed=3):
+        n, size = s.feeds["n"], s.sizes["s"]
+        assert n.dtype == np.int64 and n.min() >= min(2, size) and n.max() <= size, (s.name, n)
+        seen |= {(int(v), size) for v in n}
+    assert (5, 5) in seen and (2, 5) in seen and (1, 1) in seen

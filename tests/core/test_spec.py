@@ -91,6 +91,10 @@ def test_duplicate_name_raises_unless_override() -> None:
         ({"tolerance": Tolerance(per_output={"nope": Tolerance()})}, "unknown output"),
         ({"tolerance": 1e-3}, "tolerance"),
         ({"name": "has space"}, "name must be"),
+        ({"ignore_padded": {"nope": "y"}}, "unknown output 'nope'"),
+        ({"ignore_padded": {"output": "y"}}, r"Input.padding_mask or Input.key_padding_mask .* got 'y'"),
+        ({"ignore_padded": {"output": "missing"}}, "got 'missing'"),
+        ({"ignore_padded": ["output"]}, "must map output names"),
     ],
 )
 def test_bad_declarations_raise_spec_error(kwargs: dict[str, Any], match: str) -> None:
@@ -115,6 +119,8 @@ def test_bad_shape_entries_raise(bad: Any) -> None:
         (lambda: Input.uniform((2,), low=1.0, high=0.0), "low < high"),
         (lambda: Input.normal((2,), dtype="int64"), "float dtype"),
         (lambda: Input([2, 3]), "tuple"),  # type: ignore[arg-type]
+        (lambda: Input.lengths(("batch",), over=""), "over='<the symbolic dim"),
+        (lambda: Input.lengths(("batch",), over="seq", dtype="float32"), "integer dtype"),
     ],
 )
 def test_bad_inputs_raise(make: Any, match: str) -> None:
@@ -225,3 +231,14 @@ def test_registry_get_unknown_name_lists_known_names() -> None:
 )
 def test_dim_sizes_export_first_then_min_then_larger_clamped(dim: Dim, sizes: tuple[int, ...]) -> None:
     assert dim.sizes() == sizes
+
+
+def test_ignore_padded_is_kept_in_the_tolerance_of_every_precision_with_the_mask_convention() -> None:
+    reg: Registry[ModelSpec] = Registry("model")
+    inputs = {"x": ("batch", 8), "y": Input.key_padding_mask(("batch", 3))}
+    _decorate(TwoIn, reg, inputs=inputs, ignore_padded={"output": "y"})
+    spec = reg.get("test.model")
+    for precision in ("fp32", "fp16", "int8"):
+        rule = spec.tolerance_for(precision).ignore_padded["output"]
+        assert (rule.input, rule.pad) == ("y", 1)
+    assert Tolerance.from_dict(spec.tolerance.to_dict()) == spec.tolerance

@@ -36,6 +36,7 @@ def export_instance(
     data: Iterable[Any] = (),
     name: str = "",
     tolerance: Tolerance | None = None,
+    ignore_padded: Mapping[str, str] | None = None,
     formats: Sequence[str] = (),
     precisions: Sequence[str] = ("fp32",),
     optimize: bool = True,
@@ -58,6 +59,7 @@ def export_instance(
         data: real input batches, replayed as sample sets and shipped (see `exportable`).
         name: the package's model name (default: the class name, lower-cased).
         tolerance: allowed error against eager (default `Tolerance()`).
+        ignore_padded: output -> padding-mask input whose padded positions are not compared (see `exportable`).
         formats: export paths (default: every one); ``("auto",)`` for the best ONNX path only.
         precisions: ``"fp32"``, ``"fp16"``, ``"int8"`` variants.
         optimize: run the optimisation passes under the parity gate.
@@ -102,6 +104,7 @@ def export_instance(
         outputs=outputs,
         dims=dims or {},
         tolerance=tolerance or Tolerance(),
+        ignore_padded=ignore_padded or {},
         data=batches,
         registry=registry,
     )(build)

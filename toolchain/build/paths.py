@@ -176,7 +176,7 @@ class Replayer:
             except ToolchainError as e:
                 reports.append(ParityReport.could_not_run(str(e), sample=sample.name))
             else:
-                reports.append(compare(exp, actual, tolerance, sample=sample.name, checks=checks))
+                reports.append(compare(exp, actual, tolerance, sample=sample.name, checks=checks, feeds=sample.feeds))
         return reports
 
     def checker(self, fmt: str, *, precision: str = "fp32") -> Callable[[Path], list[ParityReport]]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from exporters import EXPORTERS
 from runtimes.eager import EagerSession
+from toolchain.build.fastpath import fast_path_causes
 from toolchain.build.passes import GraphPass
 from toolchain.build.paths import KEPT, PathResult, Replayer, likely_cause, optimize_path, sizes, try_path
 from toolchain.build.record import build_manifest, build_report
@@ -197,13 +198,18 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
     with result.running("reference", progress):
         result.samples = generate_samples(spec, seed=plan.seed)
         signature = input_signature(spec)
-        state = reference_outputs(
-            model, result.samples, lambda working, s: _reference(EagerSession(working, signature=signature), s)
-        )
+
+        def run(working: Any, sample: SampleSet) -> dict[str, np.ndarray]:
+            return _reference(EagerSession(working, signature=signature), sample, spec)
+
+        state = reference_outputs(model, result.samples, run)
         expected = state.expected
+        fast = fast_path_causes(model, spec, result.samples, expected, run)
         result.findings.extend(state.findings())
+        result.findings.extend(list(fast.values())[:1])
         result.signature = package_signature(spec, result.samples, expected)
-    replayer = Replayer(spec, result.samples, expected, result.signature, causes=state.causes())
+    # NOTE: a forward that changed the model explains more than a fast path does, so it wins on a shared set.
+    replayer = Replayer(spec, result.samples, expected, result.signature, causes={**fast, **state.causes()})
     with stage_package(out, force=plan.force) as staging, ExitStack() as scratch:
         workdirs: dict[str, Path] = {}
         with result.running("export", progress) as stage:
@@ -278,11 +284,35 @@ def _seal(result: ExportResult, staging: PackageStaging, out: Path, expected: li
         )
 
 
-def _reference(eager: EagerSession, sample: SampleSet) -> dict[str, np.ndarray]:
+def _reference(eager: EagerSession, sample: SampleSet, spec: ModelSpec) -> dict[str, np.ndarray]:
     try:
         return eager.run(sample.feeds)
     except InferenceError as e:
-        raise InferenceError(f"on sample {sample.name!r} ({sizes(sample)}), which the spec declares valid: {e}") from e
+        hint = _impossible_hint(spec, sample)
+        raise InferenceError(
+            f"on sample {sample.name!r} ({sizes(sample)}), which the spec declares valid: {e}{hint}"
+        ) from e
+
+
+def _impossible_hint(spec: ModelSpec, sample: SampleSet) -> str:
+    """What in the declaration may allow inputs the model never sees at this sample's sizes."""
+    hints = []
+    for name, inp in spec.inputs.items():
+        if inp.domain == "ids":
+            beyond = [sym for sym, size in sample.sizes.items() if size < inp.high - 1 and sym not in inp.symbols]
+            if beyond:
+                hints.append(
+                    f"if {name!r} counts positions along {beyond[0]!r}, declare it Input.lengths(..., "
+                    f"over={beyond[0]!r}) so no sample holds a length beyond the size of {beyond[0]!r}"
+                )
+        elif inp.domain == "mask":
+            hints.append(
+                f"if {name!r} is a padding mask, declare it Input.padding_mask (or Input.key_padding_mask) so no "
+                "generated row is fully padded"
+            )
+        elif inp.domain in ("padding_mask", "lengths") and inp.min_valid == 0:
+            hints.append(f"{name!r} allows rows with no valid position (min_valid=0); raise min_valid if it never has")
+    return "; " + "; ".join(hints) if hints else ""
 
 
 def _write_package(

@@ -16,9 +16,10 @@ __all__ = ["VALUE_DRAWS", "SampleSet", "generate_samples", "make_feed"]
 
 VALUE_DRAWS = ("wide", "shifted")
 """Value draws at the export size, beside the plain one: ``values-wide`` (floats at 3x the scale with
-exact zeros, ids at both ends of their range, masks of full rows and the fewest valid positions) and
-``values-shifted`` (floats offset to mostly positive at half the scale, ids crowded low with the
-padding id, masks of mixed lengths and valid runs from either end). A branch on a value (``if
+exact zeros, ids at both ends of their range, padding masks of full rows and the fewest valid
+positions, 0/1 masks of runs from the start) and ``values-shifted`` (floats offset to mostly positive at
+half the scale, ids crowded low with the padding id, padding masks of mixed lengths, 0/1 masks of runs
+up to the end). A branch on a value (``if
 h.mean() > 0.3``) that every plain draw takes the same way is taken the other way by one of them."""
 
 
@@ -82,6 +83,8 @@ def make_feed(inp: Input, sizes: Mapping[str, int], rng: np.random.Generator, *,
         return _ids(inp, shape, rng, style).astype(dtype)
     if inp.domain == "padding_mask":
         return _padding_mask(inp, shape, rng, style).astype(dtype)
+    if inp.domain == "lengths":
+        return _lengths(inp, shape, sizes[inp.over], rng, style).astype(dtype)
     if inp.domain == "offsets":
         starts = np.sort(rng.integers(0, sizes[inp.over] + 1, shape[0] - 1))
         return np.concatenate([[0], starts]).astype(dtype)
@@ -145,20 +148,36 @@ def _padding_mask(inp: Input, shape: tuple[int, ...], rng: np.random.Generator, 
     return np.where(valid, 1 - pad, pad).reshape(shape)
 
 
+def _lengths(inp: Input, shape: tuple[int, ...], size: int, rng: np.random.Generator, style: str) -> np.ndarray:
+    """Lengths in ``[min_valid, size]``: value draws alternate full and shortest rows, or mix them."""
+    fewest = min(inp.min_valid, size)
+    lengths = rng.integers(fewest, size + 1, shape)
+    flat = lengths.reshape(-1)
+    if style == "wide":
+        flat[:] = np.where(np.arange(flat.size) % 2 == 0, size, fewest)
+    elif style == "shifted" and flat.size:
+        flat[0], flat[-1] = size, fewest
+    return lengths
+
+
 def _mask(shape: tuple[int, ...], rng: np.random.Generator, style: str) -> np.ndarray:
-    """Arbitrary 0/1 values; value draws add the structured rows real masks have along the last axis."""
+    """Arbitrary 0/1 values; value draws add the structured batches real masks come in along the last axis.
+
+    ``wide``: every row a run of ones from the start, the first row all ones; ``shifted``: every row a
+    run of ones up to the end, each row holding both values. A tokenizer pads a whole batch on one side,
+    and eager fast paths check exactly that of the whole batch (``nn.TransformerEncoder`` takes its
+    nested-tensor path only when every row of ``src_key_padding_mask`` is padded at the end).
+    """
     bits = rng.integers(0, 2, shape)
     if style == "plain" or not shape:
         return bits
     seq = shape[-1]
-    flat = bits.reshape(-1, seq)
-    kinds = rng.integers(0, 3, flat.shape[0])
-    for row, kind in enumerate(kinds):
-        run = int(rng.integers(1, seq + 1))
-        if kind == 0 or (style == "wide" and row == 0):
-            flat[row] = 1  # every position valid
-        elif kind == 1:
-            flat[row] = np.arange(seq) < run  # a valid run from the start
-        else:
-            flat[row] = np.arange(seq) >= seq - run  # a valid run up to the end
+    rows = int(np.prod(shape[:-1], dtype=np.int64))
+    if style == "wide":
+        runs = rng.integers(1, seq + 1, rows)
+        runs[:1] = seq
+        flat = np.arange(seq)[None, :] < runs[:, None]
+    else:
+        runs = rng.integers(1, max(seq, 2), rows)
+        flat = np.arange(seq)[None, :] >= seq - runs[:, None]
     return flat.reshape(shape)

@@ -14,7 +14,7 @@ import numpy as np
 
 from toolchain.core.checks import TaskCheck
 from toolchain.core.errors import SpecError
-from toolchain.core.parity import Tolerance
+from toolchain.core.parity import PaddedBy, Tolerance
 from toolchain.core.registry import Registry
 
 __all__ = [
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
-DOMAINS = ("normal", "uniform", "ids", "mask", "padding_mask", "offsets")
+DOMAINS = ("normal", "uniform", "ids", "mask", "padding_mask", "offsets", "lengths")
 FORMATS = ("onnx", "onnx_legacy", "torchscript", "torchscript_trace", "exported_program")
 """Every export path, in the order they are tried."""
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -39,6 +39,7 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NO_DIMS: Mapping[str, Dim] = MappingProxyType({})
 _NO_SAMPLES: Mapping[str, Mapping[str, Any]] = MappingProxyType({})
 _NO_TOLERANCES: Mapping[str, Tolerance] = MappingProxyType({})
+_NO_PADDED: Mapping[str, str] = MappingProxyType({})
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,7 +82,8 @@ class Dim:
 class Input:
     """One named model input: symbolic shape, dtype and the domain its values come from.
 
-    Use the constructors: `Input.normal`, `Input.uniform`, `Input.ids`, `Input.mask`.
+    Use the constructors: `Input.normal`, `Input.uniform`, `Input.ids`, `Input.mask`, `Input.padding_mask`,
+    `Input.key_padding_mask`, `Input.offsets`, `Input.lengths`.
     """
 
     shape: tuple[int | str, ...]
@@ -90,14 +92,15 @@ class Input:
     low: float = 0.0
     high: float = 1.0
     over: str = ""
-    """For ``offsets``: the symbolic dim of the flat index input the offsets point into."""
+    """For ``offsets``: the symbolic dim of the flat index input the offsets point into; for ``lengths``:
+    the symbolic dim the lengths count positions of (a length never exceeds its size)."""
     pad: int | None = None
     """The value that means padding: a padding id (``ids``), or the mask value at padded positions
     (``padding_mask``: 0 by default, 1 for PyTorch's ``key_padding_mask`` convention)."""
     side: str = "end"
     """For ``padding_mask``: where the padding sits in each row, ``"end"`` or ``"start"``."""
     min_valid: int = 1
-    """For ``padding_mask``: the fewest valid (unpadded) positions a row has; 0 allows fully padded rows."""
+    """For ``padding_mask`` and ``lengths``: the fewest valid (unpadded) positions a row has; 0 allows empty rows."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.shape, tuple):
@@ -120,6 +123,8 @@ class Input:
             raise SpecError(f"{self.domain} input needs a float dtype, got {self.dtype}; for ids use Input.ids")
         if self.domain == "offsets" and (len(self.shape) != 1 or not _IDENT.match(self.over)):
             raise SpecError("offsets input needs a 1-d shape like ('batch',) and over='<dim of the flat ids>'")
+        if self.domain == "lengths" and (not _IDENT.match(self.over) or not self.dtype.startswith("int")):
+            raise SpecError("lengths input needs over='<the symbolic dim it counts, like seq>' and an integer dtype")
         if self.domain == "padding_mask" and not self.shape:
             raise SpecError("padding_mask input needs at least one axis (the sequence is the last)")
         if self.side not in ("end", "start"):
@@ -201,6 +206,15 @@ class Input:
         """Start offsets of ragged bags in a flat id input of length `over` (sorted, first is 0)."""
         return cls(shape, dtype, "offsets", 0, 1, over)
 
+    @classmethod
+    def lengths(cls, shape: tuple[int | str, ...], *, over: str, min_valid: int = 1, dtype: str = "int64") -> Input:
+        """Valid lengths of padded rows (``pack_padded_sequence``'s ``lengths``), in ``[min_valid, size of over]``.
+
+        Value draws include full rows and rows of `min_valid` positions. Declare lengths this way rather
+        than as ``ids``: a length beyond the sequence a sample set has is an input no model ever sees.
+        """
+        return cls(shape, dtype, "lengths", 0, 1, over, min_valid=min_valid)
+
     @property
     def symbols(self) -> tuple[str, ...]:
         """The symbolic dim names in this shape (and the dim an offsets input points into)."""
@@ -254,7 +268,9 @@ class ModelSpec:
         """The element-wise tolerance of a precision variant (``"fp32"`` is the spec's own)."""
         if precision == "fp32":
             return self.tolerance
-        return self.variant_tolerance.get(precision, VARIANT_TOLERANCES[precision])
+        own = self.variant_tolerance.get(precision, VARIANT_TOLERANCES[precision])
+        # NOTE: positions declared not comparable (padding under an eager fast path) are so in every variant.
+        return replace(own, ignore_padded=self.tolerance.ignore_padded) if self.tolerance.ignore_padded else own
 
     @property
     def source(self) -> str:
@@ -318,6 +334,7 @@ def exportable(
     variant_tolerance: Mapping[str, Tolerance] = _NO_TOLERANCES,
     data: Iterable[Any] = (),
     allow_frozen_values: bool = False,
+    ignore_padded: Mapping[str, str] = _NO_PADDED,
     override: bool = False,
     registry: Registry[ModelSpec] = SPECS,
 ) -> Callable[[F], F]:
@@ -351,6 +368,10 @@ def exportable(
             ``torchscript``) that turned a tensor's value into a Python constant although a new trace
             on other inputs records another graph. Off: such a path is rejected, naming the line. Turn
             it on only when every input the model will see takes the export sample's branch.
+        ignore_padded: output name -> name of a `Input.padding_mask` input: that output is compared with
+            eager only where the mask marks positions valid. Off by default; declare it only after an export
+            named an eager fast path (``nn.TransformerEncoder`` returns 0 at padded positions, exported
+            graphs do not) and your consumers never read padded positions. Recorded in the package.
         override: replace an existing registration of the same name.
         registry: where to register (tests pass their own).
     """
@@ -364,6 +385,7 @@ def exportable(
     unknown = sorted(set(tolerance.per_output) - set(out_names))
     if unknown:
         raise SpecError(f"tolerance.per_output names unknown output(s) {unknown}; outputs are {list(out_names)}")
+    tolerance = with_padding_rule(tolerance, ignore_padded, spec_inputs, out_names)
     spec_checks = _check_task_checks(checks, variant_tolerance, out_names)
     unknown_formats = [f for f in formats if f not in FORMATS] if not isinstance(formats, str) else [formats]
     if unknown_formats or not formats:
@@ -403,6 +425,28 @@ def exportable(
         return obj
 
     return decorate
+
+
+def with_padding_rule(
+    tolerance: Tolerance, ignore_padded: Mapping[str, str], inputs: Mapping[str, Input], outputs: Sequence[str]
+) -> Tolerance:
+    """`tolerance` with ``ignore_padded`` declared as output -> padding-mask input name, checked."""
+    if not ignore_padded:
+        return tolerance
+    if not isinstance(ignore_padded, Mapping):
+        raise SpecError(f"ignore_padded must map output names to mask input names, got {type(ignore_padded).__name__}")
+    rules = {}
+    for output, mask in ignore_padded.items():
+        if output not in outputs:
+            raise SpecError(f"ignore_padded names unknown output {output!r}; outputs are {list(outputs)}")
+        declared = inputs.get(mask) if isinstance(mask, str) else None
+        if declared is None or declared.domain != "padding_mask":
+            raise SpecError(
+                f"ignore_padded[{output!r}] must name an input declared with Input.padding_mask or "
+                f"Input.key_padding_mask (so the padding value is known), got {mask!r}"
+            )
+        rules[output] = PaddedBy(mask, int(declared.pad or 0))
+    return replace(tolerance, ignore_padded=MappingProxyType(rules))
 
 
 def _first_batches(data: Iterable[Any]) -> list[Any]:

@@ -55,7 +55,7 @@ def diagnose(spec: ModelSpec, *, exporter: str = "onnx", sample: str = "", seed:
         reports = []
         for s, exp in zip(samples, expected, strict=True):
             try:
-                reports.append(compare(exp, session.run(s.feeds), spec.tolerance, sample=s.name))
+                reports.append(compare(exp, session.run(s.feeds), spec.tolerance, sample=s.name, feeds=s.feeds))
             except ToolchainError as e:
                 reports.append(ParityReport.could_not_run(str(e), sample=s.name))
         target = sample or next((r.sample for r in reports if not r and not r.error), "")

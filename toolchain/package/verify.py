@@ -166,7 +166,7 @@ def replay(
         except ToolchainError as e:
             reports.append(ParityReport.could_not_run(str(e), sample=name))
             continue
-        reports.append(compare(expected, actual, tolerance, sample=name, checks=checks))
+        reports.append(compare(expected, actual, tolerance, sample=name, checks=checks, feeds=feeds))
     return tuple(reports)
 
 

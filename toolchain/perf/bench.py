@@ -264,7 +264,7 @@ def _bench_artifact(
             if expected is not None:
                 tolerance = Tolerance.from_dict(entry["tolerance"]) if "tolerance" in entry else package.tolerance
                 checks = tuple(TaskCheck.from_dict(c) for c in entry.get("checks", ()))
-                parity = bool(compare(expected, actual, tolerance, checks=checks))
+                parity = bool(compare(expected, actual, tolerance, checks=checks, feeds=feeds))
 
             def run(session: Any = session) -> Any:
                 return session.run(feeds)
