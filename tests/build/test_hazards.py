@@ -133,16 +133,21 @@ class _Encoder(nn.Module):
         return self.enc(x, src_key_padding_mask=mask)
 
 
-SEQ_DIMS = {"batch": Dim(example=2, max=8), "seq": Dim(example=6, min=2, max=12)}
 ENCODED = {"x": Input.normal(("batch", "seq", 16))}
-for _name, _mask, _ignored in (
-    ("hazard.transformer_key_padding", Input.key_padding_mask(("batch", "seq")), {}),
-    ("hazard.transformer_any_mask", Input.mask(("batch", "seq")), {}),
-    ("hazard.transformer_padding_ignored", Input.key_padding_mask(("batch", "seq")), {"output": "mask"}),
+# NOTE: an arbitrary 0/1 mask may pad a whole row, which the fast path cannot take: it declares seq from 2
+# (from 1, the export stops at the reference, naming Input.key_padding_mask; tested below).
+for _name, _mask, _min, _ignored in (
+    ("hazard.transformer_key_padding", Input.key_padding_mask(("batch", "seq")), 1, {}),
+    ("hazard.transformer_any_mask", Input.mask(("batch", "seq")), 2, {}),
+    ("hazard.transformer_padding_ignored", Input.key_padding_mask(("batch", "seq")), 1, {"output": "mask"}),
 ):
-    exportable(name=_name, inputs={**ENCODED, "mask": _mask}, dims=SEQ_DIMS, ignore_padded=_ignored, registry=HAZARDS)(
-        type(_name.split(".")[1], (_Encoder,), {})
-    )
+    exportable(
+        name=_name,
+        inputs={**ENCODED, "mask": _mask},
+        dims={"batch": Dim(example=2, max=8), "seq": Dim(example=6, min=_min, max=12)},
+        ignore_padded=_ignored,
+        registry=HAZARDS,
+    )(type(_name.split(".")[1], (_Encoder,), {}))
 
 
 @exportable(
@@ -377,3 +382,16 @@ def test_a_length_beyond_a_declared_size_is_never_generated_and_ids_get_a_hint(t
     for sample in generate_samples(HAZARDS.get("hazard.packed_lengths")):
         lengths, seq = sample.feeds["lengths"], sample.sizes["seq"]
         assert lengths.min() >= 1 and lengths.max() <= seq, (sample.name, lengths, seq)
+
+
+def test_a_mask_that_may_pad_a_whole_row_stops_at_the_reference_naming_the_padding_declaration(tmp_path: Path) -> None:
+    registry: Registry[ModelSpec] = Registry("hazard")
+    inputs = {**ENCODED, "mask": Input.mask(("batch", "seq"))}
+    dims = {"batch": Dim(example=2, max=8), "seq": Dim(example=6, min=1, max=12)}
+    exportable(name="any", inputs=inputs, dims=dims, registry=registry)(type("Any", (_Encoder,), {}))
+    result = export_package(registry.get("any"), tmp_path / "pkg", formats=["onnx"])
+    stage = result.failed_stage
+    assert stage is not None and stage.name == "reference", result.stages
+    assert (
+        "sample 'seq-1'" in stage.detail and "declare it Input.padding_mask (or Input.key_padding_mask)" in stage.detail
+    )
