@@ -4,8 +4,8 @@ A variant is built from the optimised fp32 ONNX file by a maintained converter (
 float16 tools and quantiser). When it fails its gate, the nodes responsible are found and kept in
 fp32 (fp16 block list) or left unquantised (int8 exclusion list), and the variant is rebuilt, until
 it passes or nothing is left to keep. Responsible means: values beyond the fp16 range in the fp32
-graph, a converter/loader error naming a node, or the node whose error against the fp32 graph jumps
-the most on the failing sample. Nodes are kept a module at a time (the exporter's name scopes), so
+graph, a converter/loader error or an invalid file naming a node, or the node whose error against
+the fp32 graph jumps the most on the failing sample. Nodes are kept a module at a time (the exporter's name scopes), so
 the list reads as "this layer stays in fp32".
 """
 
@@ -143,8 +143,8 @@ def make_variant(
         try:
             with quiet_libraries():
                 variant.build(src, dst, frozenset(keep), list(samples.values()))
-            check_valid(dst, shown=artifact, reference=proto)
-        except Exception as e:  # NOTE: a converter crash ends repair; the caller reports the reason.
+                check_valid(dst, shown=artifact, reference=proto)
+        except Exception as e:  # NOTE: a crash or invalid file ends repair unless it names a node to keep.
             text = _scrub(str(e), dst, artifact)
             named = NAMED_NODE.search(text)
             node = named.group(1) if named else ""
