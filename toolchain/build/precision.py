@@ -4,8 +4,8 @@ A variant is built from the optimised fp32 ONNX file by a maintained converter (
 float16 tools and quantiser). When it fails its gate, the nodes responsible are found and kept in
 fp32 (fp16 block list) or left unquantised (int8 exclusion list), and the variant is rebuilt, until
 it passes or nothing is left to keep. Responsible means: values beyond the fp16 range in the fp32
-graph, a converter/loader error naming a node, or the node whose error against the fp32 graph jumps
-the most on the failing sample. Nodes are kept a module at a time (the exporter's name scopes), so
+graph, a converter/loader error or an invalid file naming a node, or the node whose error against
+the fp32 graph jumps the most on the failing sample. Nodes are kept a module at a time (the exporter's name scopes), so
 the list reads as "this layer stays in fp32".
 """
 
@@ -14,12 +14,13 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from toolchain.build.converters import NAMED_NODE, QUANTIZABLE, check_valid, fp16, int8_dynamic, int8_static
 from toolchain.build.passes import quiet_libraries
 from toolchain.core.parity import ParityReport
 from toolchain.diagnose.bisect import diverges, relative_error
@@ -35,7 +36,6 @@ MAX_ROUNDS = 5
 """Repair rebuilds a failing variant at most this many times."""
 STALL_ROUNDS = 2
 """Repair stops early when this many rounds in a row failed no fewer sample sets, no less badly."""
-_QUANTIZABLE = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "LSTM", "GRU", "Attention"})
 _NODE_IN_ERROR = re.compile(r"Node \(([^)]+)\)|node\. Name:'([^']+)'")
 
 Feeds = Mapping[str, np.ndarray]
@@ -85,77 +85,16 @@ class VariantOutcome:
 
     @property
     def kept_modules(self) -> list[str]:
-        """The module scopes named by the repair rounds."""
-        return sorted({m for r in self.rounds for m in re.findall(r"module `([^`]*)`", r.reason)})
-
-
-def _fp16(src: Path, dst: Path, keep: frozenset[str], calibration: Sequence[Feeds]) -> None:
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, node_block_list=sorted(keep))
-    onnx.save(_drop_round_trips(model), str(dst))
-
-
-def _drop_round_trips(model: Any) -> Any:
-    """Remove ``Cast(to=fp16) -> Cast(to=fp32)`` pairs, so values stay fp32 between blocked nodes.
-
-    NOTE: ONNX Runtime's converter (and onnxconverter-common's, for values with several consumers)
-    casts every value leaving a blocked node to fp16 and back, even when only blocked nodes read
-    it; a value beyond 65504 then becomes inf although every node touching it is kept in fp32.
-    """
-    float32, float16 = 1, 10
-    graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-
-    def casts_to(node: Any, to: int) -> bool:
-        return node.op_type == "Cast" and any(a.name == "to" and a.i == to for a in node.attribute)
-
-    rename: dict[str, str] = {}
-    dropped = set()
-    for node in graph.node:
-        first = producer.get(node.input[0]) if node.input else None
-        if casts_to(node, float32) and first is not None and casts_to(first, float16):
-            rename[node.output[0]] = first.input[0]
-            dropped.add(id(node))
-    kept = [n for n in graph.node if id(n) not in dropped]
-    outputs = {o.name for o in graph.output}
-    for node in kept:
-        node.input[:] = [rename.get(i, i) for i in node.input]
-    used = {i for n in kept for i in n.input} | outputs
-    kept = [n for n in kept if n.op_type != "Cast" or any(o in used for o in n.output)]
-    del graph.node[:]
-    graph.node.extend(kept)
-    return model
-
-
-def _int8_dynamic(src: Path, dst: Path, keep: frozenset[str], calibration: Sequence[Feeds]) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    # NOTE: convolutions are left to static int8: ConvInteger runs ~30x slower than fp32 Conv here.
-    ops = sorted(_QUANTIZABLE - {"Conv", "ConvTranspose"})
-    quantize_dynamic(src, dst, op_types_to_quantize=ops, weight_type=QuantType.QInt8, nodes_to_exclude=sorted(keep))
-
-
-def _int8_static(src: Path, dst: Path, keep: frozenset[str], calibration: Sequence[Feeds]) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self._feeds = iter(calibration)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            feeds = next(self._feeds, None)
-            return dict(feeds) if feeds is not None else None
-
-    quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True, nodes_to_exclude=sorted(keep))
+        """The module scopes named by the repair rounds whose nodes the final variant really keeps."""
+        kept = [r for r in self.rounds if set(r.added) <= set(self.keep)]
+        return sorted({m for r in kept for m in re.findall(r"module `([^`]*)`", r.reason)})
 
 
 VARIANTS: Mapping[str, Variant] = {
-    "fp16": Variant("fp16", "fp16", _fp16, lambda op: True),
-    "int8-dynamic": Variant("int8-dynamic", "int8", _int8_dynamic, lambda op: op in _QUANTIZABLE),
+    "fp16": Variant("fp16", "fp16", fp16, lambda op: True),
+    "int8-dynamic": Variant("int8-dynamic", "int8", int8_dynamic, lambda op: op in QUANTIZABLE),
     # NOTE: QDQ quantisation wraps most operators, so any of them can be left out.
-    "int8-static": Variant("int8-static", "int8", _int8_static, lambda op: True),
+    "int8-static": Variant("int8-static", "int8", int8_static, lambda op: True),
 }
 
 
@@ -167,6 +106,7 @@ def make_variant(
     check: Check,
     samples: Mapping[str, Feeds],
     limit: float,
+    artifact: str,
     max_rounds: int = MAX_ROUNDS,
 ) -> VariantOutcome:
     """Build `variant` of the fp32 ONNX file `src` at `dst`, repairing it until it passes `check`.
@@ -179,6 +119,8 @@ def make_variant(
         samples: sample set name -> feeds; all of them calibrate static int8 and the fp16 range scan.
         limit: relative error (integers and booleans: fraction changed) beyond which a node's output
             counts as diverged from the fp32 graph's; the variant tolerance's rtol is a good choice.
+        artifact: `dst`'s path inside the package (``onnx/model.fp16.onnx``), the only path that
+            messages name (`dst` lies in a scratch folder that is gone once the package is written).
         max_rounds: most rebuilds.
     """
     import onnx
@@ -194,15 +136,28 @@ def make_variant(
             added = _expand(hot, groups)
             keep |= added
             outcome.rounds.append(RepairRound(tuple(sorted(added)), _why(hot, groups, "values beyond the fp16 range")))
+    nodes = {n.name: n.op_type for n in proto.graph.node}
+    built: set[str] = set()
     progress: list[tuple[int, float]] = []
     for _ in range(max_rounds + 1):
         try:
             with quiet_libraries():
                 variant.build(src, dst, frozenset(keep), list(samples.values()))
-        except Exception as e:  # NOTE: a converter crash ends repair; the caller reports the reason.
-            outcome.reason = f"{variant.name} converter failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                check_valid(dst, shown=artifact, reference=proto)
+        except Exception as e:  # NOTE: a crash or invalid file ends repair unless it names a node to keep.
+            text = _scrub(str(e), dst, artifact)
+            named = NAMED_NODE.search(text)
+            node = named.group(1) if named else ""
+            if node in nodes and node not in keep and variant.blames(nodes[node]):
+                added = _expand({node}, groups) - keep
+                keep |= added
+                why = f"{artifact} was not a valid model at node {node}"
+                outcome.rounds.append(RepairRound(tuple(sorted(added)), _why({node}, groups, why)))
+                continue
+            outcome.reason = f"{variant.name} converter failed: {type(e).__name__}: {text.splitlines()[0][:400]}"
             break
-        outcome.reports = check(dst)
+        built = set(keep)
+        outcome.reports = [replace(r, error=_scrub(r.error, dst, artifact)) for r in check(dst)]
         if all(outcome.reports):
             outcome.passed = True
             break
@@ -221,9 +176,18 @@ def make_variant(
         outcome.rounds.append(RepairRound(tuple(sorted(added)), _why(blamed, groups, why)))
     else:
         outcome.reason = _failure_text(outcome.reports) + f"; still failing after {max_rounds} repair rounds"
-    outcome.keep = sorted(keep)
+    # NOTE: only what the last file built really holds in fp32; a round whose rebuild failed kept nothing.
+    outcome.keep = sorted(built)
     outcome.seconds = time.perf_counter() - start
     return outcome
+
+
+def _scrub(text: str, dst: Path, artifact: str) -> str:
+    """`text` naming the variant by its package-relative path, never by its scratch folder."""
+    root = dst.parents[len(Path(artifact).parts) - 1]
+    for folder in dict.fromkeys((str(root.resolve()), str(root))):
+        text = text.replace(f"{folder}/{artifact}", artifact).replace(f"{folder}/", "")
+    return text
 
 
 def _scope_groups(proto: Any) -> dict[str, str]:

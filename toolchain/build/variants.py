@@ -59,6 +59,7 @@ def build_variants(
             check=replayer.checker("onnx", precision=variant.precision),
             samples=samples,
             limit=replayer.spec.tolerance_for(variant.precision).rtol,
+            artifact=rel,
         )
         result = PathResult(base.exporter, variant=name, repair=outcome, reports=outcome.reports)
         result.export_seconds = outcome.seconds
