@@ -65,3 +65,29 @@ def test_export_noise_becomes_findings_not_output(tmp_path: Path, capfd: pytest.
     captured = capfd.readouterr()
     assert "careful" not in captured.out + captured.err
     assert any(f.kind == "warning" and "careful" in f.message and "test_onnx.py" in f.source for f in artifact.findings)
+
+
+def test_the_op_registry_is_built_once_and_custom_translations_stay_in_their_export(tmp_path: Path) -> None:
+    from torch.onnx._internal.exporter import _registration
+
+    import exporters.onnx as module
+
+    builds = []
+    original = _registration.ONNXRegistry.__dict__["from_torchlib"]
+
+    def counting(cls: type, opset_version: int = 18) -> object:
+        builds.append(opset_version)
+        return original.__func__(cls, opset_version)
+
+    module._REGISTRIES.clear()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_registration.ONNXRegistry, "from_torchlib", classmethod(counting))
+        _export(TINY, tmp_path / "a")
+
+        custom = OnnxExporter(custom_translation_table={torch.ops.aten.relu.default: lambda x: x})
+        custom.export(TINY.build().eval(), TINY, generate_samples(TINY)[0], tmp_path / "b")
+        _export(TINY, tmp_path / "c")
+    assert len(builds) == 1
+    base = next(iter(module._REGISTRIES.values()))
+    assert all(not meta.is_custom for decomps in base.functions.values() for meta in decomps)
+    assert _registration.ONNXRegistry.__dict__["from_torchlib"] is original
