@@ -8,18 +8,25 @@ import logging
 import os
 import re
 import sys
+import sysconfig
 import tempfile
 import warnings
 from collections.abc import Iterator
 
 from toolchain.core.artifact import Finding
 
-__all__ = ["capture_findings", "summarize_error", "user_source"]
+__all__ = ["capture_findings", "is_library_file", "summarize_error", "user_source"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _LOGGERS = ("torch", "onnxscript", "onnx_ir", "onnx")
 # NOTE: messages that say nothing about the model being exported.
-_IRRELEVANT = ("torchvision is not installed",)
+# The registration log of our own ``embedding_bag`` translation (torch cannot read onnxscript's
+# signature of it) came with every torch.export-based ONNX export, whatever the model.
+_IRRELEVANT = (
+    "torchvision is not installed",
+    "Failed to infer the signature for function '<function embedding_bag ",
+    "Failed to infer the signature for function '<function _embedding_bag_signed_padding ",
+)
 
 
 class _Collector(logging.Handler):
@@ -199,16 +206,17 @@ def user_source(chain: list[BaseException]) -> str:
         frames = [(f.filename, f.lineno or 0) for f in traceback.extract_tb(error.__traceback__)]
         frames += [(m.group(1), int(m.group(2))) for m in _CALL.finditer(_ANSI.sub("", str(error)))]
         for file, line in reversed(frames):
-            if _is_user_file(file):
+            if not is_library_file(file):
                 code = linecache.getline(file, line).strip()
                 return f"{file}:{line}" + (f" (`{code}`)" if code else "")
     return ""
 
 
-def _is_user_file(file: str) -> bool:
+def is_library_file(file: str) -> bool:
+    """True when `file` belongs to Python, an installed library or the toolchain, not to the user's model."""
     if file.startswith("<") or "site-packages" in file or "dist-packages" in file:
-        return False
-    return not file.startswith(_library_roots())
+        return True
+    return file.startswith(_library_roots())
 
 
 def _library_roots() -> tuple[str, ...]:
@@ -219,4 +227,7 @@ def _library_roots() -> tuple[str, ...]:
         file = getattr(module, "__file__", None)
         if file:
             roots.append(os.path.dirname(os.path.abspath(file)) + os.sep)
+    # NOTE: the standard library too: torch's FutureWarnings surface at copyreg.py, outside site-packages.
+    paths = sysconfig.get_paths()
+    roots += [os.path.abspath(paths[key]) + os.sep for key in ("stdlib", "platstdlib")]
     return tuple(roots)

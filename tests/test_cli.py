@@ -84,14 +84,55 @@ def test_export_with_precision_variants_and_without_optimisation(tmp_path: Path,
     assert result.exit_code == 1 and "unknown precision(s) ['bf16']" in result.output
 
 
-def test_export_that_fails_parity_writes_nothing(tmp_path: Path, cleanup_specs) -> None:
+def test_export_that_fails_parity_writes_no_package_but_the_reasons(tmp_path: Path, cleanup_specs) -> None:
     path = _user_file(tmp_path, "user.noisy", body="self.fc(x) + torch.rand_like(self.fc(x))")
     out = tmp_path / "pkg"
-    result = runner.invoke(app, ["export", f"{path}:UserModel", "--out", str(out)])
+    args = ["export", f"{path}:UserModel", "--out", str(out), "--formats", "onnx,torchscript"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 1
     assert "FAILED at stage 'export': every path was rejected" in result.output
     assert "parity failed on sample 'export'" in result.output
     assert not out.exists()
+    report = tmp_path / "pkg.report.md"
+    assert f"the reasons are in {report}" in result.output
+    text = report.read_text()
+    assert "- **onnx rejected**: " in text and "- **torchscript rejected**: " in text
+    assert "parity failed on sample 'export'" in text
+    assert "Model source: `user_noisy.py:UserModel`" in text
+    assert str(tmp_path) not in text and ".pkg.onnx-" not in text + result.output
+    chosen = tmp_path / "reasons" / "why.md"
+    result = runner.invoke(app, [*args, "--report", str(chosen)])
+    assert result.exit_code == 1 and f"the reasons are in {chosen}" in result.output
+    assert "- **onnx rejected**: " in chosen.read_text()
+
+
+def test_export_progress_is_flushed_line_by_line_into_a_pipe(tmp_path: Path, cleanup_specs) -> None:
+    path = _user_file(tmp_path, "user.piped")
+    out = tmp_path / "pkg"
+    command = [sys.executable, "-m", "toolchain.cli", "export", f"{path}:UserModel", "--out", str(out)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        # NOTE: the package lands at the very end; had the line been buffered to exit, it would be there.
+        arrived_before_the_package = not out.exists()
+        rest, _ = proc.communicate(timeout=600)
+    assert first.strip() == "... user.piped: build", first
+    assert arrived_before_the_package
+    assert proc.returncode == 0 and "package written" in rest
+
+
+def test_errors_name_the_users_file_not_a_hashed_module(tmp_path: Path, cleanup_specs) -> None:
+    path = tmp_path / "make_model.py"
+    path.write_text(
+        "from toolchain import exportable\n\n"
+        "@exportable(name='user.not_a_module', inputs={'x': (2, 4)})\n"
+        "def make_model():\n"
+        "    return 3\n"
+    )
+    result = runner.invoke(app, ["export", f"{path}:make_model", "--out", str(tmp_path / "pkg")])
+    assert result.exit_code == 1
+    assert "make_model.py:make_model returned int" in result.output, result.output
+    assert "toolchain_target_" not in result.output
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Callable
@@ -82,11 +83,20 @@ def export(
             "sets data-0, ... beside the generated ones and shipped.",
         ),
     ] = None,
+    report_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="Also write report.md here; when no path passes it is the only report (default then: "
+            "<out>.report.md beside --out).",
+        ),
+    ] = None,
 ) -> None:
     """Export TARGET through each path, verify against eager at every sample size, package what passes."""
     from rich.console import Console
 
     from toolchain.build.pipeline import export_package
+    from toolchain.build.record import portable
 
     console = Console(stderr=True)
     spec = _resolve_target(target)
@@ -95,7 +105,13 @@ def export(
 
         spec = with_data(spec, load_data(data))
     chosen = () if formats == "all" else tuple(f.strip() for f in formats.split(",") if f.strip())
-    with console.status(f"{spec.name}: starting") as status:
+    with contextlib.ExitStack() as stack:
+        if console.is_terminal:
+            progress = stack.enter_context(console.status(f"{spec.name}: starting")).update
+        else:
+            # NOTE: a spinner shows nothing when stderr is not a terminal (CI logs), which read as ~27 s
+            # of silence; one line per step instead, flushed as it happens (click's echo flushes).
+            progress = functools.partial(_progress_line, console.file)
         result = export_package(
             spec,
             out,
@@ -104,7 +120,7 @@ def export(
             precisions=tuple(p.strip() for p in precision.split(",") if p.strip()),
             force=force,
             seed=seed,
-            progress=status.update,
+            progress=progress,
         )
     for stage in result.stages:
         typer.echo(f"  {stage.name:<10} {stage.status:<8} {stage.seconds:6.2f}s")
@@ -116,7 +132,7 @@ def export(
             line += f"  {passed}/{len(path.reports)} sample sets passed, worst {worst:.3g}x of allowed"
         typer.echo(line)
         if path.reason:
-            typer.echo(f"      {path.reason}")
+            typer.echo(f"      {portable(path.reason)}")
         for step in path.passes:
             typer.echo(f"      pass {step}")
         if path.repair and path.repair.keep:
@@ -124,10 +140,31 @@ def export(
     if not result:
         failed = result.failed_stage
         name, detail = (failed.name, failed.detail) if failed else ("?", "")
-        typer.echo(f"FAILED at stage '{name}': {detail}", err=True)
-        typer.echo(f"no package was written to {out}", err=True)
+        typer.echo(f"FAILED at stage '{name}': {portable(detail)}", err=True)
+        written = _write_report(result, report_file or out.with_name(f"{out.name}.report.md"))
+        typer.echo(f"no package was written to {out}; the reasons are in {written}", err=True)
         raise typer.Exit(1)
+    if report_file is not None:
+        _write_report(result, report_file)
     typer.echo(f"package written: {result.package} (report: {result.package}/report.md)")
+
+
+def _progress_line(stream: Any, line: str) -> None:
+    typer.echo(f"  ... {line}", file=stream)
+
+
+def _write_report(result: Any, where: Path) -> Path:
+    """Write `result`'s report.md at `where` (its folder created); `PackageError` when it cannot."""
+    from toolchain.build.record import build_report
+    from toolchain.core.errors import PackageError
+    from toolchain.package.report import render_markdown
+
+    try:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        where.write_text(render_markdown(build_report(result)), encoding="utf-8")
+    except OSError as e:
+        raise PackageError(f"{where}: could not write the report ({e}); pass --report FILE elsewhere") from e
+    return where
 
 
 @app.command()
@@ -150,6 +187,10 @@ def verify(
             "accelerated one available here, then cpu (one that cannot start is reported, not failed).",
         ),
     ] = "auto",
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Exit 1 unless every artifact was verified (none refused or skipped)."),
+    ] = False,
 ) -> None:
     """Check every file's hash, then replay the golden samples; exit 1 on any failure."""
     from toolchain.package.verify import verify_package
@@ -160,8 +201,16 @@ def verify(
     if not report:
         for line in report.failure_lines():
             typer.echo(f"FAIL {line}", err=True)
+        typer.echo(report.summary())
         raise typer.Exit(1)
-    typer.echo(f"verified: {package}")
+    typer.echo(report.summary())
+    if report.complete:
+        typer.echo(f"verified: {package}")
+        return
+    if strict:
+        typer.echo(f"--strict: not every artifact of {package} was verified here (see above)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"partly verified: {package}: every artifact replayed here passed; the others were not checked")
 
 
 @app.command()

@@ -164,3 +164,27 @@ def test_auto_notes_a_provider_it_cannot_start_and_a_named_one_fails(
     assert any(line.startswith("provider cuda: not started here") for line in report.summary_lines())
     named = verify_package(tiny_package, providers=("cuda",))
     assert not named and "could not start cuda" in " ".join(named.failure_lines())
+
+
+def test_verify_summarises_and_strict_fails_unless_every_artifact_was_verified(
+    tiny_package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from toolchain.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["verify", str(tiny_package), "--strict"])
+    assert result.exit_code == 0, result.output
+    assert "5 verified, 0 failed, 0 refused, 0 skipped (of 5 artifacts)" in result.output
+    assert f"verified: {tiny_package}" in result.output
+    monkeypatch.setenv("TOOLCHAIN_HOME", str(tmp_path / "another-machine"))
+    assert verify_package(tiny_package).counts == {"verified": 2, "failed": 0, "refused": 3, "skipped": 0}
+    result = runner.invoke(app, ["verify", str(tiny_package)])
+    assert result.exit_code == 0, result.output
+    assert "2 verified, 0 failed, 3 refused, 0 skipped (of 5 artifacts)" in result.output
+    assert f"verified: {tiny_package}" not in result.output.replace("partly verified", "")
+    assert f"partly verified: {tiny_package}" in result.output
+    result = runner.invoke(app, ["verify", str(tiny_package), "--strict"])
+    assert result.exit_code == 1
+    assert f"--strict: not every artifact of {tiny_package} was verified" in result.output

@@ -62,9 +62,12 @@ class StageDrift:
     nodes: int
     bytes: int
     latency: Timing | None = None
+    spec_reports: list[ParityReport] = field(default_factory=list)
+    """The same outputs judged by the spec's (fp32) tolerance, for a stage gated by another; else empty."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form: worst error per output at each sample set, size, nodes, latency."""
+        """JSON form: error per output at each sample set (own gate and the spec's), size, nodes, latency."""
+        spec = {(r.sample, o.name): o.worst_ratio for r in self.spec_reports for o in r.outputs}
         return {
             "stage": self.stage,
             "passed": bool(self.reports) and all(self.reports),
@@ -72,7 +75,16 @@ class StageDrift:
             "bytes": self.bytes,
             "latency": self.latency.to_dict() if self.latency else None,
             "worst": {
-                r.sample: {o.name: {"max_abs": o.max_abs, "worst_ratio": o.worst_ratio} for o in r.outputs}
+                r.sample: {
+                    o.name: {
+                        "max_abs": o.max_abs,
+                        "worst_ratio": o.worst_ratio,
+                        "spec_ratio": spec.get((r.sample, o.name), o.worst_ratio),
+                        "atol": o.atol,
+                        "rtol": o.rtol,
+                    }
+                    for o in r.outputs
+                }
                 for r in self.reports
             },
         }

@@ -2,18 +2,98 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import re
+import sysconfig
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from exporters._capture import is_library_file
 from toolchain.core.parity import ParityReport
 
 if TYPE_CHECKING:
     from toolchain.build.pipeline import ExportResult
 
-__all__ = ["build_manifest", "build_report", "gated_on", "library_versions", "worst_by_output"]
+__all__ = [
+    "build_manifest",
+    "build_report",
+    "gated_on",
+    "is_noise",
+    "library_versions",
+    "portable",
+    "portable_path",
+    "worst_by_output",
+]
+
+# NOTE: an absolute POSIX path in free text: it starts a word (not a URL's ``//host/...``) and stops at
+# ``:line``, quotes, brackets and spaces.
+_ABSOLUTE = re.compile(r"(?<![\w.~:/-])/(?:[\w.+@=~-]+/)*[\w.+@=~-]+")
+# NOTE: folders made by `tempfile` (``tmpab12_xyz``, and the pipeline's ``.<out>.<path>-ab12_xyz``):
+# they are gone once the export ends, so a path inside one is named from inside it.
+_TEMPORARY = re.compile(r"^(?:tmp|\..+-)[a-z0-9_]{8}$")
+_LIBRARY_FOLDERS = ("site-packages", "dist-packages")
+_NOISE_KINDS = ("warning", "log")
+
+
+def portable_path(path: str) -> str:
+    """`path` without the exporting host's folders: relative to what a reader knows.
+
+    Inside a temporary folder: the part inside it (``onnx/model.onnx``); in an installed library or
+    the standard library: from the library's folder (``torch/jit/_script.py``); in the toolchain's
+    own tree or under the working directory: relative to it; under the home folder: ``~/...``;
+    anywhere else: the file's name.
+    """
+    parts = PurePosixPath(path).parts
+    for i in range(len(parts) - 1, 0, -1):
+        if _TEMPORARY.match(parts[i]) or parts[i] in _LIBRARY_FOLDERS:
+            return "/".join(parts[i + 1 :]) or parts[i]
+    absolute = Path(path)
+    stdlib = sysconfig.get_paths()["stdlib"]
+    for root in (stdlib, _TOOLCHAIN_ROOT, os.getcwd()):
+        if absolute.is_relative_to(root) and absolute != Path(root):
+            return absolute.relative_to(root).as_posix()
+    home = Path.home()
+    if absolute.is_relative_to(home) and absolute != home:
+        return "~/" + absolute.relative_to(home).as_posix()
+    return absolute.name or path
+
+
+def portable(value: Any) -> Any:
+    """`value` (JSON-like: dicts, lists, strings) with every absolute path in its strings made `portable_path`."""
+    if isinstance(value, str):
+        return _ABSOLUTE.sub(lambda m: portable_path(m.group(0)), value) if "/" in value else value
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [portable(v) for v in value]
+    return value
+
+
+def is_noise(finding: dict[str, Any]) -> bool:
+    """True for a finding that says nothing about the user's model.
+
+    That is a deprecation notice, a warning or log record raised inside a library (torch's
+    registration log of our ``embedding_bag``), or output printed by native code.
+    """
+    if finding.get("kind") == "deprecation":
+        return True
+    if finding.get("kind") not in _NOISE_KINDS:
+        return False
+    source = str(finding.get("source", ""))
+    if not source:
+        return str(finding.get("message", "")).startswith(("printed:", "native output:"))
+    return is_library_file(source.rsplit(":", 1)[0])
+
+
+def _marked(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**f, "noise": is_noise(f)} for f in findings]
+
+
+_TOOLCHAIN_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def gated_on(fmt: str) -> str:
@@ -56,30 +136,40 @@ def worst_by_output(reports: Sequence[ParityReport]) -> dict[str, dict[str, floa
 
 
 def build_report(result: ExportResult) -> dict[str, Any]:
-    """``report.json``: stages, every path tried (kept or rejected, with why), parity per sample set."""
+    """``report.json``: stages, every path tried (kept or rejected, with why), parity per sample set.
+
+    Findings carry ``noise`` (`is_noise`); no string holds an absolute path of this host (`portable`).
+    """
     spec = result.spec
-    return {
-        "name": spec.name,
-        "version": spec.version,
-        "source": spec.source,
-        # NOTE: the package stage is the writing of this very report; it passed if you can read it.
-        "stages": [s.to_dict() for s in result.stages if s.name != "package"],
-        "paths": [p.to_dict() for p in result.paths],
-        "variants": [v.to_dict() for v in result.variants],
-        "findings": [f.to_dict() for f in result.findings],
-        "tolerance": spec.tolerance.to_dict(),
-        "samples": [{"name": s.name, "sizes": dict(s.sizes)} for s in result.samples],
-        "data_batches": sum(1 for s in result.samples if s.name.startswith("data-")),
-        "versions": library_versions(),
-    }
+    paths = [p.to_dict() for p in [*result.paths, *result.variants]]
+    for path in paths:
+        if path.get("artifact"):
+            path["artifact"]["findings"] = _marked(path["artifact"]["findings"])
+    report: dict[str, Any] = portable(
+        {
+            "name": spec.name,
+            "version": spec.version,
+            "source": spec.source,
+            # NOTE: the package stage is the writing of this very report; it passed if you can read it.
+            "stages": [s.to_dict() for s in result.stages if s.name != "package"],
+            "paths": paths[: len(result.paths)],
+            "variants": paths[len(result.paths) :],
+            "findings": _marked([f.to_dict() for f in result.findings]),
+            "tolerance": spec.tolerance.to_dict(),
+            "samples": [{"name": s.name, "sizes": dict(s.sizes)} for s in result.samples],
+            "data_batches": sum(1 for s in result.samples if s.name.startswith("data-")),
+            "versions": library_versions(),
+        }
+    )
+    return report
 
 
 def build_manifest(result: ExportResult, samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """``manifest.json`` without its file list (the package writer adds hashes)."""
+    """``manifest.json`` without its file list (the package writer adds hashes); paths made `portable`."""
     spec, signature = result.spec, result.signature
     assert signature is not None
     shipped = result.shipped
-    return {
+    manifest = {
         "name": spec.name,
         "version": spec.version,
         "description": spec.description,
@@ -109,3 +199,5 @@ def build_manifest(result: ExportResult, samples: list[dict[str, Any]]) -> dict[
         },
         "samples": samples,
     }
+    shippable: dict[str, Any] = portable(manifest)
+    return shippable

@@ -274,8 +274,10 @@ class ModelSpec:
 
     @property
     def source(self) -> str:
-        """Where the model is defined, as ``module:qualname``."""
-        return f"{getattr(self.factory, '__module__', '?')}:{getattr(self.factory, '__qualname__', '?')}"
+        """Where the model is defined, as ``module:qualname`` (``file.py:qualname`` for a file imported by path)."""
+        from toolchain.core.target import module_label  # NOTE: target imports this module.
+
+        return f"{module_label(getattr(self.factory, '__module__', '?'))}:{getattr(self.factory, '__qualname__', '?')}"
 
     @property
     def description(self) -> str:

@@ -12,7 +12,7 @@ from types import ModuleType
 from toolchain.core.errors import TargetError, ToolchainError
 from toolchain.core.spec import SPECS, ModelSpec, spec_for
 
-__all__ = ["FILE_MODULE_PREFIX", "import_source", "is_file_target", "resolve_target"]
+__all__ = ["FILE_MODULE_PREFIX", "import_source", "is_file_target", "module_label", "resolve_target"]
 
 FILE_MODULE_PREFIX = "toolchain_target_"
 """Module names given to ``.py`` files imported by path (the prefix, then a hash of the path)."""
@@ -45,6 +45,18 @@ def resolve_target(target: str) -> ModelSpec:
             "@toolchain.exportable(name=..., inputs=...) or point at a registered name"
         )
     return spec
+
+
+def module_label(name: str) -> str:
+    """`name`, or for a ``.py`` file imported by path (``toolchain_target_<hash>``) that file.
+
+    The file is named relative to the working directory when it lies under it, else by its name.
+    """
+    file = getattr(sys.modules.get(name), "__file__", None) if name.startswith(FILE_MODULE_PREFIX) else None
+    if not file:
+        return name
+    path = Path(file).resolve()
+    return path.relative_to(Path.cwd()).as_posix() if path.is_relative_to(Path.cwd()) else path.name
 
 
 def is_file_target(where: str) -> bool:

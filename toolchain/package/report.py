@@ -63,14 +63,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                     f"| {sample['sample']} | {where} | {c['kind']}({c['output']}) | — | — "
                     f"| {c['achieved']:.4g} >= {c['allowed']:g} | {verdict} |"
                 )
-    lines += ["", "## Findings", ""]
-    findings = [("model", f) for f in report.get("findings", [])]
-    for path in report.get("paths", []):
-        findings += [(path["exporter"], f) for f in (path.get("artifact") or {}).get("findings", [])]
-    lines += [
-        f"- {who}: **{f['kind']}** {_cell(f['message'])}" + (f" (`{f['source']}`)" if f.get("source") else "")
-        for who, f in findings
-    ] or ["None."]
+    lines += _findings(report)
     versions = report.get("versions", {})
     lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
     return "\n".join(lines)
@@ -99,10 +92,8 @@ def _paths_table(report: Mapping[str, Any]) -> list[str]:
             + " | ".join(cells)
             + " |"
         )
-    rejected = [p for p in report.get("paths", []) if p["status"] == "rejected"]
-    if rejected:
-        lines += ["", "Rejected:", ""]
-        lines += [f"- **{p['exporter']}**: {_cell(p['reason'])}" for p in rejected]
+    if any(p["status"] == "rejected" for p in report.get("paths", [])):
+        lines += ["", "Why each rejected path was rejected: see [Findings](#findings)."]
     return lines
 
 
@@ -130,23 +121,87 @@ def _drift(report: Mapping[str, Any]) -> list[str]:
     paths = [p for p in report.get("paths", []) if p.get("drift")]
     if not paths:
         return []
+    tol = report.get("tolerance", {})
     lines = ["", "## Stage drift against eager", ""]
-    lines += ["Worst error ratio over every output and sample set (<= 1 passes its stage's gate); latency raced"]
-    lines[-1] += " side by side on this host."
     lines += [
+        "Each stage against eager over every output and sample set: the worst absolute error, that error as a "
+        f"multiple of the spec's fp32 tolerance (atol={tol.get('atol')} rtol={tol.get('rtol')}) and of the "
+        "stage's own allowed tolerance (<= 1 passes its gate); latency raced side by side on this host.",
         "",
-        "| path | stage | passed | worst ratio | nodes | size KiB | latency ms |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| path | stage | max abs | x fp32 tol | own allowed | x own | passed | nodes | size KiB | latency ms |",
+        "|---|---|---:|---:|---|---:|---|---:|---:|---:|",
     ]
     for path in paths:
         for d in path["drift"]:
-            ratios = [o["worst_ratio"] for outs in d["worst"].values() for o in outs.values()]
+            outs = [o for outs in d["worst"].values() for o in outs.values()]
+            spec = [o["spec_ratio"] for o in outs if "spec_ratio" in o]
+            allowed = sorted({(o["atol"], o["rtol"]) for o in outs if "atol" in o})
             latency = f"{d['latency']['p50_ms']:.3f}" if d.get("latency") else "—"
             lines.append(
-                f"| {path['exporter']} | {d['stage']} | {'yes' if d['passed'] else 'no'} | "
-                f"{max(ratios, default=0.0):.3g} | {d['nodes']} | {d['bytes'] / 1024:.0f} | {latency} |"
+                f"| {path['exporter']} | {d['stage']} | {max((o['max_abs'] for o in outs), default=0.0):.3g} | "
+                + (f"{max(spec):.3g}" if spec else "—")
+                + " | "
+                + ("; ".join(f"atol={a:g} rtol={r:g}" for a, r in allowed) or "—")
+                + f" | {max((o['worst_ratio'] for o in outs), default=0.0):.3g} | {'yes' if d['passed'] else 'no'} | "
+                f"{d['nodes']} | {d['bytes'] / 1024:.0f} | {latency} |"
             )
     return lines
+
+
+def _findings(report: Mapping[str, Any]) -> list[str]:
+    """Findings ranked: why paths were rejected, then the others, then a brief training-mode note.
+
+    Library notices (``noise``) are collapsed; a finding raised by several paths is listed once.
+    """
+    groups: dict[tuple[str, str, str], tuple[Mapping[str, Any], list[str]]] = {}
+    for who, f in _all_findings(report):
+        key = (f["kind"], f["message"], f.get("source", ""))
+        groups.setdefault(key, (f, []))[1].append(who)
+    rejected = [p for p in [*report.get("paths", []), *report.get("variants", [])] if p["status"] == "rejected"]
+    explaining = {p["exporter"] for p in rejected}
+    lines = ["", "## Findings", ""]
+    for p in rejected:
+        lines.append(f"- **{p['exporter']} rejected**: {_cell(p['reason'])}")
+        lines += [
+            f"  - {_finding(f)}"
+            for f, whos in groups.values()
+            if p["exporter"] in whos and not _noise(f) and f["kind"] != "training-mode"
+        ]
+    # NOTE: a finding already listed under a rejection is listed again only for the kept paths that raised it.
+    others = [
+        (f, [w for w in whos if w not in explaining])
+        for f, whos in groups.values()
+        if not _noise(f) and f["kind"] != "training-mode"
+    ]
+    others = [(f, whos) for f, whos in others if whos]
+    lines += [f"- {', '.join(whos)}: {_finding(f)}" for f, whos in others]
+    training = [f for f, _ in groups.values() if f["kind"] == "training-mode"]
+    if training:
+        lines.append("- The model was built in training mode; every path exported it in eval mode.")
+    if len(lines) == 3:
+        lines.append("None.")
+    noise = [(f, whos) for f, whos in groups.values() if _noise(f)]
+    if noise:
+        lines += ["", f"<details><summary>Library notices ({len(noise)}): deprecations, warnings and logs "]
+        lines[-1] += "raised inside torch and the exporters, not about this model</summary>"
+        lines += ["", *(f"- {', '.join(whos)}: {_finding(f)}" for f, whos in noise), "", "</details>"]
+    return lines
+
+
+def _all_findings(report: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    found = [("model", f) for f in report.get("findings", [])]
+    for path in [*report.get("paths", []), *report.get("variants", [])]:
+        found += [(path["exporter"], f) for f in (path.get("artifact") or {}).get("findings", [])]
+    return found
+
+
+def _noise(f: Mapping[str, Any]) -> bool:
+    # NOTE: reports written before findings were marked: their deprecation notices are noise too.
+    return bool(f.get("noise", f["kind"] == "deprecation"))
+
+
+def _finding(f: Mapping[str, Any]) -> str:
+    return f"**{f['kind']}** {_cell(f['message'])}" + (f" (`{f['source']}`)" if f.get("source") else "")
 
 
 def _variants(report: Mapping[str, Any]) -> list[str]:

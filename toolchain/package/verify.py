@@ -49,6 +49,32 @@ class VerificationReport:
     def __bool__(self) -> bool:
         return not self.problems and bool(self.checks) and all(self.checks)
 
+    @property
+    def counts(self) -> dict[str, int]:
+        """Artifacts by outcome: ``verified`` (every replay passed), ``failed``, ``refused``, ``skipped``."""
+        outcome: dict[str, bool] = {}
+        for check in self.checks:
+            outcome[check.artifact] = outcome.get(check.artifact, True) and bool(check)
+        verified = sum(outcome.values())
+        return {
+            "verified": verified,
+            "failed": len(outcome) - verified,
+            "refused": len(self.refused),
+            "skipped": len(self.skipped),
+        }
+
+    @property
+    def complete(self) -> bool:
+        """True when the package is intact and every artifact in it was replayed and passed here."""
+        return bool(self) and not self.refused and not self.skipped
+
+    def summary(self) -> str:
+        """``3 verified, 0 failed, 1 refused, 1 skipped (of 5 artifacts)``."""
+        if self.problems:
+            return f"not verified: {len(self.problems)} integrity problem(s)"
+        counts = self.counts
+        return ", ".join(f"{n} {k}" for k, n in counts.items()) + f" (of {sum(counts.values())} artifacts)"
+
     def failure_lines(self) -> list[str]:
         """One line per failure, naming the file, output and sample."""
         lines = [str(p) for p in self.problems]
