@@ -110,18 +110,15 @@ def _passes(report: Mapping[str, Any]) -> list[str]:
     paths = [p for p in report.get("paths", []) if p.get("passes")]
     if not paths:
         return []
-    lines = ["", "## Optimisation passes", "", "Each pass is kept only if every sample set still matches eager and "]
-    lines[-1] += "it is not slower on this host (latency: median on the export sample, raced against the input)."
-    lines += ["", "| path | pass | status | nodes | latency ms | speed | detail |", "|---|---|---|---|---|---:|---|"]
+    lines = ["", "## Optimisation passes", "", "Each pass is kept only if it changes the graph without adding nodes "]
+    lines[-1] += "and every sample set still matches eager; speed is not judged here (see `toolchain bench`)."
+    lines += ["", "| path | pass | status | nodes | detail |", "|---|---|---|---|---|"]
     for path in paths:
         for step in path["passes"]:
-            before, after = step.get("latency_before_ms"), step.get("latency_after_ms")
-            latency = f"{before:.3f} -> {after:.3f}" if before is not None and after is not None else "—"
-            speed = f"{step['speedup']:.2f}x" if step.get("speedup") else "—"
             why = step.get("reason") or step.get("detail", "")
             lines.append(
                 f"| {path['exporter']} | {step['name']} | {step['status']} | {step['nodes_before']} -> "
-                f"{step['nodes_after']} | {latency} | {speed} | {_cell(why)} |"
+                f"{step['nodes_after']} | {_cell(why)} |"
             )
     return lines
 
@@ -131,20 +128,15 @@ def _drift(report: Mapping[str, Any]) -> list[str]:
     if not paths:
         return []
     lines = ["", "## Stage drift against eager", ""]
-    lines += ["Worst error ratio over every output and sample set (<= 1 passes its stage's gate); latency raced"]
-    lines[-1] += " side by side on this host."
-    lines += [
-        "",
-        "| path | stage | passed | worst ratio | nodes | size KiB | latency ms |",
-        "|---|---|---|---:|---:|---:|---:|",
-    ]
+    lines += ["Worst error ratio over every output and sample set (<= 1 passes its stage's gate); latency: see"]
+    lines[-1] += " `toolchain bench`, which races the shipped files side by side."
+    lines += ["", "| path | stage | passed | worst ratio | nodes | size KiB |", "|---|---|---|---:|---:|---:|"]
     for path in paths:
         for d in path["drift"]:
             ratios = [o["worst_ratio"] for outs in d["worst"].values() for o in outs.values()]
-            latency = f"{d['latency']['p50_ms']:.3f}" if d.get("latency") else "—"
             lines.append(
                 f"| {path['exporter']} | {d['stage']} | {'yes' if d['passed'] else 'no'} | "
-                f"{max(ratios, default=0.0):.3g} | {d['nodes']} | {d['bytes'] / 1024:.0f} | {latency} |"
+                f"{max(ratios, default=0.0):.3g} | {d['nodes']} | {d['bytes'] / 1024:.0f} |"
             )
     return lines
 
