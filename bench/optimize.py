@@ -78,8 +78,9 @@ def main(names: list[str]) -> None:
             ratios[i].append(ratio)
         int8 = max((sizes["optimised"] / sizes[s] for s in ("int8-dynamic", "int8-static") if s in sizes), default=0)
         print(f"{name:28} " + " ".join(cells) + (f" {int8:9.2f}" if int8 else f" {'—':>9}"))
-    medians = [statistics.median(x for x in col if x == x) if any(x == x for x in col) else 0.0 for col in ratios]
-    print(f"{'median ratio':28} " + " ".join(f"{m:21.2f}x" for m in medians))
+    measured = [[x for x in col if x == x] for col in ratios]
+    medians = [f"{statistics.median(col):.2f}x" if col else "—" for col in measured]
+    print(f"{'median ratio':28} " + " ".join(f"{m:>22}" for m in medians))
     print("a/b: median ms of a, then of b, raced side by side on this host; ratio > 1: b is faster")
 
 
