@@ -18,6 +18,9 @@ from toolchain.core.artifact import Finding
 __all__ = ["capture_findings", "is_library_file", "summarize_error", "user_source"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# NOTE: reprs such as `<function f at 0x7f...>` differ on every run (address layout), and a finding's
+# message lands in the manifest, whose bytes must not change from one run to the next.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _LOGGERS = ("torch", "onnxscript", "onnx_ir", "onnx")
 # NOTE: messages that say nothing about the model being exported.
 # The registration log of our own ``embedding_bag`` translation (torch cannot read onnxscript's
@@ -116,9 +119,12 @@ def _native_output_into(findings: list[Finding]) -> Iterator[None]:
 
 
 def _deduplicate(findings: list[Finding]) -> None:
-    """Collapse findings raised from the same place (kind and source line) into one, counting them."""
+    """Collapse findings raised from the same place (kind and source line) into one, counting them.
+
+    Memory addresses in messages are dropped, so the same export gives the same findings on every run.
+    """
     groups: dict[tuple[str, str, str], list[Finding]] = {}
-    for f in findings:
+    for f in (Finding(f.kind, _ADDRESS.sub("", f.message), f.source) for f in findings):
         key = (f.kind, f.source, "" if f.source else f.message)
         groups.setdefault(key, []).append(f)
     findings[:] = [

@@ -9,6 +9,7 @@ import pytest
 from onnx import numpy_helper
 
 from tests.conftest import TINY
+from toolchain.build.optimize import graph_digest
 from toolchain.build.passes import PASSES, GraphPass, onnxscript_optimizer
 from toolchain.build.pipeline import export_package
 from toolchain.package.verify import verify_package
@@ -25,8 +26,33 @@ def _crash(src: Path, dst: Path) -> None:
     raise RuntimeError("this pass always crashes")
 
 
+def _resave(src: Path, dst: Path) -> None:
+    model = onnx.load(str(src))
+    model.producer_name = "a pass that rewrites the file but not the graph"
+    onnx.save(model, str(dst))
+
+
+def _add_identity(src: Path, dst: Path) -> None:
+    model = onnx.load(str(src))
+    out = model.graph.output[0].name
+    producer = next(n for n in model.graph.node if out in n.output)
+    producer.output[list(producer.output).index(out)] = f"{out}_before_identity"
+    model.graph.node.append(onnx.helper.make_node("Identity", [f"{out}_before_identity"], [out]))
+    onnx.save(model, str(dst))
+
+
+def _rename_nodes(src: Path, dst: Path) -> None:
+    model = onnx.load(str(src))
+    for i, node in enumerate(model.graph.node):
+        node.name = f"renamed_{i}"
+    onnx.save(model, str(dst))
+
+
 FAULTY = GraphPass("scale-weights", ("onnx",), _scale_first_weight, "a deliberately wrong pass")
 CRASHING = GraphPass("crash", ("onnx",), _crash, "a pass that raises")
+RESAVE = GraphPass("resave", ("onnx",), _resave, "changes the file, not the graph")
+GROW = GraphPass("grow", ("onnx",), _add_identity, "adds an Identity node")
+RENAME = GraphPass("rename", ("onnx",), _rename_nodes, "renames every node")
 
 
 def test_a_pass_that_breaks_parity_is_skipped_and_reported(tmp_path: Path) -> None:
@@ -38,7 +64,7 @@ def test_a_pass_that_breaks_parity_is_skipped_and_reported(tmp_path: Path) -> No
     assert "breaks parity on sample 'export'" in steps["scale-weights"].reason
     assert "first divergence at module `fc1`" in steps["scale-weights"].reason
     assert steps["crash"].status == "failed" and "always crashes" in steps["crash"].reason
-    assert steps["onnxscript-optimizer"].status in ("kept", "skipped")
+    assert steps["onnxscript-optimizer"].status in ("kept", "no change")
     artifact = result.path("onnx").artifact
     assert artifact is not None and "scale-weights" not in artifact.passes
     assert verify_package(tmp_path / "pkg")
@@ -47,6 +73,51 @@ def test_a_pass_that_breaks_parity_is_skipped_and_reported(tmp_path: Path) -> No
     assert "## Stage drift against eager" in report
     manifest = json.loads((tmp_path / "pkg" / "manifest.json").read_text())
     assert manifest["artifacts"][0]["passes"] == list(artifact.passes)
+
+
+def test_passes_are_judged_by_structure_and_parity_never_by_timing(tmp_path: Path) -> None:
+    result = export_package(TINY, tmp_path / "pkg", formats=["onnx"], passes=(RESAVE, GROW, RENAME))
+    assert result, result.failed_stage
+    steps = {p.name: p for p in result.path("onnx").passes}
+    assert steps["resave"].status == "no change"
+    assert steps["resave"].reason == "the graph is the same as before the pass"
+    assert steps["grow"].status == "skipped"
+    assert (
+        steps["grow"].reason
+        == f"grows the graph from {steps['grow'].nodes_before} to {steps['grow'].nodes_after} nodes"
+    )
+    assert steps["rename"].status == "kept" and all(steps["rename"].reports)
+    assert result.path("onnx").artifact is not None and result.path("onnx").artifact.passes == ("rename",)
+    shipped = onnx.load(str(tmp_path / "pkg" / "onnx" / "model.onnx"))
+    assert all(n.name.startswith("renamed_") for n in shipped.graph.node)
+
+
+def test_pass_messages_carry_no_latency_or_speed_ratio(tmp_path: Path) -> None:
+    result = export_package(TINY, tmp_path / "pkg", formats=["onnx"], passes=(RENAME, GROW))
+    assert result, result.failed_stage
+    for step in result.path("onnx").passes:
+        assert " ms" not in str(step) and "x speed" not in str(step), str(step)
+        assert not {"latency_before_ms", "latency_after_ms", "speedup", "seconds"} & set(step.to_dict())
+    report = (tmp_path / "pkg" / "report.md").read_text()
+    assert "latency ms" not in report and "slower on this host" not in report
+    drift = json.loads((tmp_path / "pkg" / "report.json").read_text())["paths"][0]["drift"]
+    assert drift and all("latency" not in d for d in drift)
+
+
+def test_graph_digest_ignores_the_file_around_the_graph(tmp_path: Path) -> None:
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2] x) => (float[2] y) {
+        y = Relu(x)
+    }
+    """
+    a, b, c = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "c.onnx"
+    onnx.save(onnx.parser.parse_model(text), str(a))
+    _resave(a, b)
+    _rename_nodes(a, c)
+    assert a.read_bytes() != b.read_bytes()
+    assert graph_digest(a, "onnx") == graph_digest(b, "onnx") != graph_digest(c, "onnx")
+    assert graph_digest(tmp_path / "missing.onnx", "onnx") == ""
 
 
 def test_no_optimize_leaves_the_exported_graph(tmp_path: Path) -> None:

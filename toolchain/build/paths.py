@@ -2,7 +2,8 @@
 
 Each path is exported into its own scratch folder and replayed on every sample set against eager;
 a numeric failure of an ONNX artifact is localised to a module, and a kept artifact is optimised
-pass by pass, each stage's drift and latency recorded.
+pass by pass, each stage's drift recorded. Nothing here is timed into the package: latency is for
+``toolchain bench``, and a package's files come out the same on every run.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from toolchain.core.signature import Signature
 from toolchain.core.spec import ModelSpec
 from toolchain.diagnose.bisect import Divergence, first_divergence
 from toolchain.diagnose.localize import Localization, localize
-from toolchain.perf.timing import Timing, race
 
 __all__ = [
     "KEPT",
@@ -61,19 +61,17 @@ class StageDrift:
     reports: list[ParityReport]
     nodes: int
     bytes: int
-    latency: Timing | None = None
     spec_reports: list[ParityReport] = field(default_factory=list)
     """The same outputs judged by the spec's (fp32) tolerance, for a stage gated by another; else empty."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form: error per output at each sample set (own gate and the spec's), size, nodes, latency."""
+        """JSON form: error per output at each sample set (own gate and the spec's), size, nodes."""
         spec = {(r.sample, o.name): o.worst_ratio for r in self.spec_reports for o in r.outputs}
         return {
             "stage": self.stage,
             "passed": bool(self.reports) and all(self.reports),
             "nodes": self.nodes,
             "bytes": self.bytes,
-            "latency": self.latency.to_dict() if self.latency else None,
             "worst": {
                 r.sample: {
                     o.name: {
@@ -150,7 +148,7 @@ def _repair_dict(outcome: VariantOutcome | None) -> dict[str, Any] | None:
 
 @dataclass(frozen=True)
 class Replayer:
-    """Replays artifact files on every sample set against eager's outputs, and times them."""
+    """Replays artifact files on every sample set against eager's outputs."""
 
     spec: ModelSpec
     samples: Sequence[SampleSet]
@@ -197,35 +195,11 @@ class Replayer:
         checks = self.spec.checks if precision != "fp32" else ()
         return lambda path: self.check(path, fmt, tolerance=tolerance, checks=checks)
 
-    def runner(self, fmt: str) -> Callable[[Path], Callable[[], Any]]:
-        """Loads a file of `fmt` and returns a call running it once on the export sample."""
-
-        def load(path: Path) -> Callable[[], Any]:
-            runtime = runtime_for(fmt)
-            assert runtime is not None
-            session = runtime.load(path, signature=self.signature)
-            feeds = self.samples[0].feeds
-            return lambda: session.run(feeds)
-
-        return load
-
     def drift(self, stages: Sequence[tuple[str, Path, list[ParityReport]]], fmt: str) -> list[StageDrift]:
-        """Each stage's reports, size, nodes and latency, the latencies raced side by side."""
-        runs: list[Callable[[], Any] | None] = []
-        for _, path, _ in stages:
-            try:
-                run = self.runner(fmt)(path)
-                run()
-            except ToolchainError:
-                runs.append(None)
-            else:
-                runs.append(run)
-        live = [r for r in runs if r is not None]
-        timings = iter(race(live, min_seconds=0.1) if live else [])
-        return [
-            StageDrift(stage, reports, count_nodes(path, fmt), path.stat().st_size, next(timings) if run else None)
-            for (stage, path, reports), run in zip(stages, runs, strict=True)
-        ]
+        """Each stage's reports, size and nodes."""
+        # NOTE: no latency: one race at export time on a shared host is noise that would change the
+        # report (and so the manifest's hashes) on every run; `toolchain bench` races the shipped files.
+        return [StageDrift(stage, reports, count_nodes(p, fmt), p.stat().st_size) for stage, p, reports in stages]
 
 
 def try_path(
@@ -317,7 +291,6 @@ def optimize_path(
         main,
         fmt,
         check=replayer.checker(fmt),
-        runner=replayer.runner(fmt),
         passes=passes,
         explain=why,
         progress=progress,

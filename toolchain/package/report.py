@@ -101,18 +101,15 @@ def _passes(report: Mapping[str, Any]) -> list[str]:
     paths = [p for p in report.get("paths", []) if p.get("passes")]
     if not paths:
         return []
-    lines = ["", "## Optimisation passes", "", "Each pass is kept only if every sample set still matches eager and "]
-    lines[-1] += "it is not slower on this host (latency: median on the export sample, raced against the input)."
-    lines += ["", "| path | pass | status | nodes | latency ms | speed | detail |", "|---|---|---|---|---|---:|---|"]
+    lines = ["", "## Optimisation passes", "", "Each pass is kept only if it changes the graph without adding nodes "]
+    lines[-1] += "and every sample set still matches eager; speed is not judged here (see `toolchain bench`)."
+    lines += ["", "| path | pass | status | nodes | detail |", "|---|---|---|---|---|"]
     for path in paths:
         for step in path["passes"]:
-            before, after = step.get("latency_before_ms"), step.get("latency_after_ms")
-            latency = f"{before:.3f} -> {after:.3f}" if before is not None and after is not None else "—"
-            speed = f"{step['speedup']:.2f}x" if step.get("speedup") else "—"
             why = step.get("reason") or step.get("detail", "")
             lines.append(
                 f"| {path['exporter']} | {step['name']} | {step['status']} | {step['nodes_before']} -> "
-                f"{step['nodes_after']} | {latency} | {speed} | {_cell(why)} |"
+                f"{step['nodes_after']} | {_cell(why)} |"
             )
     return lines
 
@@ -126,24 +123,24 @@ def _drift(report: Mapping[str, Any]) -> list[str]:
     lines += [
         "Each stage against eager over every output and sample set: the worst absolute error, that error as a "
         f"multiple of the spec's fp32 tolerance (atol={tol.get('atol')} rtol={tol.get('rtol')}) and of the "
-        "stage's own allowed tolerance (<= 1 passes its gate); latency raced side by side on this host.",
+        "stage's own allowed tolerance (<= 1 passes its gate). Latency: see `toolchain bench`, which races the "
+        "shipped files side by side.",
         "",
-        "| path | stage | max abs | x fp32 tol | own allowed | x own | passed | nodes | size KiB | latency ms |",
-        "|---|---|---:|---:|---|---:|---|---:|---:|---:|",
+        "| path | stage | max abs | x fp32 tol | own allowed | x own | passed | nodes | size KiB |",
+        "|---|---|---:|---:|---|---:|---|---:|---:|",
     ]
     for path in paths:
         for d in path["drift"]:
             outs = [o for outs in d["worst"].values() for o in outs.values()]
             spec = [o["spec_ratio"] for o in outs if "spec_ratio" in o]
             allowed = sorted({(o["atol"], o["rtol"]) for o in outs if "atol" in o})
-            latency = f"{d['latency']['p50_ms']:.3f}" if d.get("latency") else "—"
             lines.append(
                 f"| {path['exporter']} | {d['stage']} | {max((o['max_abs'] for o in outs), default=0.0):.3g} | "
                 + (f"{max(spec):.3g}" if spec else "—")
                 + " | "
                 + ("; ".join(f"atol={a:g} rtol={r:g}" for a, r in allowed) or "—")
                 + f" | {max((o['worst_ratio'] for o in outs), default=0.0):.3g} | {'yes' if d['passed'] else 'no'} | "
-                f"{d['nodes']} | {d['bytes'] / 1024:.0f} | {latency} |"
+                f"{d['nodes']} | {d['bytes'] / 1024:.0f} |"
             )
     return lines
 
