@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -79,7 +80,7 @@ def _describe(
     fast: Mapping[str, np.ndarray],
     plain: Mapping[str, np.ndarray],
 ) -> str:
-    strict = Tolerance(spec.tolerance.atol, spec.tolerance.rtol, spec.tolerance.per_output)
+    strict = replace(spec.tolerance, ignore_padded={})
     failures = compare(plain, fast, strict).failures
     masks = {out.name: _padded_only(spec, strict, sample, out.name, fast, plain) for out in failures}
     parts = [
@@ -114,7 +115,7 @@ def _padded_only(
     for name, inp in spec.inputs.items():
         if inp.domain != "padding_mask" or name not in sample.feeds:
             continue
-        masked = Tolerance(strict.atol, strict.rtol, strict.per_output, {output: PaddedBy(name, int(inp.pad or 0))})
+        masked = replace(strict, ignore_padded={output: PaddedBy(name, int(inp.pad or 0))})
         if compare({output: plain[output]}, {output: fast[output]}, masked, feeds=sample.feeds):
             return name
     return ""

@@ -387,7 +387,7 @@ def exportable(
     unknown = sorted(set(tolerance.per_output) - set(out_names))
     if unknown:
         raise SpecError(f"tolerance.per_output names unknown output(s) {unknown}; outputs are {list(out_names)}")
-    tolerance = with_padding_rule(tolerance, ignore_padded, spec_inputs, out_names)
+    tolerance = _with_padding_rule(tolerance, ignore_padded, spec_inputs, out_names)
     spec_checks = _check_task_checks(checks, variant_tolerance, out_names)
     unknown_formats = [f for f in formats if f not in FORMATS] if not isinstance(formats, str) else [formats]
     if unknown_formats or not formats:
@@ -429,7 +429,7 @@ def exportable(
     return decorate
 
 
-def with_padding_rule(
+def _with_padding_rule(
     tolerance: Tolerance, ignore_padded: Mapping[str, str], inputs: Mapping[str, Input], outputs: Sequence[str]
 ) -> Tolerance:
     """`tolerance` with ``ignore_padded`` declared as output -> padding-mask input name, checked."""
