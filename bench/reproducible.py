@@ -1,8 +1,7 @@
 """Per zoo model: export twice, each in a fresh process into a differently named folder, and list what differs.
 
-Every artifact, sample and the manifest (less `created` and the export timings) should be byte-identical;
-``report.json`` and ``report.md`` carry this run's timings and are only counted. Slow: two full exports
-per model. Run: ``python bench/reproducible.py [--precision fp32,fp16,int8] [name ...]``.
+Every artifact, sample, report and the manifest (less its `created` field) should be byte-identical.
+Slow: two full exports per model. Run: ``python bench/reproducible.py [--precision fp32,fp16,int8] [name ...]``.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import zoo  # noqa: F401
 from toolchain.core.spec import SPECS
 
 REPO = Path(__file__).resolve().parents[1]
-REPORTS = ("report.json", "report.md")
 
 
 def _export(name: str, out: Path, precision: str) -> str:
@@ -40,13 +38,11 @@ def _hashes(package: Path) -> dict[str, str]:
 
 
 def _manifest_fields(a: Any, b: Any, where: str = "") -> list[str]:
-    """Paths of the manifest fields that differ, less `created`, export timings and the reports' hashes."""
+    """Paths of the manifest fields that differ, less `created`."""
     if isinstance(a, dict) and isinstance(b, dict):
-        keys = sorted((set(a) | set(b)) - {"created", "export_seconds"})
+        keys = sorted((set(a) | set(b)) - {"created"})
         return [d for k in keys for d in _manifest_fields(a.get(k), b.get(k), f"{where}.{k}")]
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        if where == ".files":
-            a, b = ([f for f in x if f.get("path") not in REPORTS] for x in (a, b))
         return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _manifest_fields(x, y, f"{where}[{i}]")]
     return [] if a == b else [where]
 
@@ -67,16 +63,16 @@ def main(args: list[str]) -> None:
                 continue
             one, two = _hashes(outs[0]), _hashes(outs[1])
             files = sorted(p for p in one.keys() | two.keys() if one.get(p) != two.get(p) and p != "manifest.json")
-            artifacts = [p for p in files if p not in REPORTS]
+            artifacts = files
             manifests = [json.loads((out / "manifest.json").read_text()) for out in outs]
             fields = _manifest_fields(*manifests)
         same += not artifacts and not fields
         verdict = "same" if not artifacts and not fields else "DIFFERS"
         print(
             f"{name:28} {verdict:7} {len(one)} files; differ: {', '.join(artifacts) or 'none'}; "
-            f"manifest fields: {', '.join(fields) or 'none'}; reports differ: {len(files) - len(artifacts)}"
+            f"manifest fields: {', '.join(fields) or 'none'}"
         )
-    print(f"{same} of {len(names)} models exported byte-identical artifacts and manifest (less created, timings)")
+    print(f"{same} of {len(names)} models exported byte-identical files and manifest (less created)")
 
 
 if __name__ == "__main__":

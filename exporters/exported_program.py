@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporters._capture import capture_findings, summarize_error
+from exporters._portable import portable_archive
 from exporters._shapes import exported_program_findings
 from exporters.onnx import _dynamic_shapes
 from toolchain.core.artifact import Artifact
@@ -63,6 +64,7 @@ class ExportedProgramExporter:
                     args = tuple(torch.from_numpy(sample.feeds[n].copy()) for n in spec.inputs)
                     program = torch.export.export(model, args, dynamic_shapes=_dynamic_shapes(spec))
                 torch.export.save(program, str(target))
+                portable_archive(target)
             except Exception as e:
                 raise ExportError(f"{spec.name}: torch.export.export failed: {summarize_error(e)}") from e
         seconds = time.perf_counter() - start

@@ -10,13 +10,14 @@ from types import MappingProxyType
 from typing import Any
 
 from exporters._capture import capture_findings, summarize_error
+from exporters._portable import portable_onnx
 from exporters._shapes import exported_program_findings
 from toolchain.core.artifact import Artifact, Finding
 from toolchain.core.errors import ExportError
 from toolchain.core.samples import SampleSet
 from toolchain.core.spec import ModelSpec
 
-__all__ = ["OnnxExporter", "onnx_artifact", "shared_registry", "specialized_dims"]
+__all__ = ["OnnxExporter", "capture_program", "onnx_artifact", "shared_registry", "specialized_dims"]
 
 _NO_TABLE: Mapping[Any, Any] = MappingProxyType({})
 
@@ -47,8 +48,17 @@ class OnnxExporter:
         self.custom_translation_table = dict(custom_translation_table)
         self.loop_free_embedding_bag = loop_free_embedding_bag
 
-    def export(self, model: Any, spec: ModelSpec, sample: SampleSet, workdir: Path) -> Artifact:
-        """Export `model` into ``workdir/onnx/model.onnx``."""
+    def export(self, model: Any, spec: ModelSpec, sample: SampleSet, workdir: Path, *, program: Any = None) -> Artifact:
+        """Export `model` into ``workdir/onnx/model.onnx``.
+
+        Args:
+            model: the eager module, in eval mode.
+            spec: its spec; symbolic dims are exported with their declared ranges.
+            sample: inputs to capture on (the export sizes).
+            workdir: folder the artifact is written under.
+            program: a program `capture_program` already captured from `model`; translated as is, so one
+                capture feeds both this path and the ``.pt2`` one.
+        """
         import torch
 
         rel = "onnx/model.onnx"
@@ -63,9 +73,9 @@ class OnnxExporter:
         start = time.perf_counter()
         with capture_findings() as findings, shared_registry():
             try:
-                program = torch.onnx.export(
-                    model,
-                    args,
+                onnx_program = torch.onnx.export(
+                    model if program is None else program,
+                    args if program is None else (),
                     dynamo=True,
                     input_names=list(spec.inputs),
                     output_names=list(spec.outputs),
@@ -73,9 +83,9 @@ class OnnxExporter:
                     verbose=False,
                     **options,
                 )
-                assert program is not None
-                program.save(str(target))
-                ep = program.exported_program
+                assert onnx_program is not None
+                onnx_program.save(str(target))
+                ep = onnx_program.exported_program
                 shape_findings = exported_program_findings(ep, spec) if ep is not None else []
             except Exception as e:
                 raise ExportError(f"{spec.name}: torch.onnx.export(dynamo=True) failed: {summarize_error(e)}") from e
@@ -101,6 +111,45 @@ class OnnxExporter:
         return {**embedding_bag_table(), **self.custom_translation_table}
 
 
+def capture_program(model: Any, spec: ModelSpec, sample: SampleSet) -> tuple[Any, list[Finding]]:
+    """Capture `model` as a ``torch.export.ExportedProgram`` exactly as ``torch.onnx.export(dynamo=True)`` would.
+
+    The exporter's own capture strategies, in its order (non-strict ``torch.export`` with its dynamic-shape
+    patches, then strict), so the ONNX translated from the result is the one a direct export gives.
+    Returns the program and what the capture warned or logged.
+
+    Raises:
+        ExportError: when every strategy fails, with the first one's reason.
+    """
+    import torch
+
+    args = tuple(torch.from_numpy(sample.feeds[n].copy()) for n in spec.inputs)
+    _clear_rnn_dispatch_caches()
+    try:
+        from torch.onnx._internal.exporter import _capture_strategies
+
+        strategies = list(_capture_strategies.CAPTURE_STRATEGIES)
+    except (ImportError, AttributeError):  # NOTE: private API; a torch without it captures plainly
+        strategies = []
+    first: Exception | None = None
+    program = None
+    with capture_findings() as findings:
+        for strategy in strategies:
+            result = strategy(verbose=False)(model, args, None, _dynamic_shapes(spec))
+            program = result.exported_program
+            if program is not None:
+                break
+            first = first or result.exception
+        if not strategies:
+            try:
+                program = torch.export.export(model, args, dynamic_shapes=_dynamic_shapes(spec), strict=False)
+            except Exception as e:
+                first = e
+    if program is not None:
+        return program, findings
+    raise ExportError(f"{spec.name}: torch.export.export failed: {summarize_error(first or RuntimeError('?'))}")
+
+
 def onnx_artifact(
     workdir: Path, rel: str, spec: ModelSpec, *, exporter: str, seconds: float, findings: list[Finding]
 ) -> Artifact:
@@ -108,6 +157,7 @@ def onnx_artifact(
     import onnx
 
     target = Path(workdir) / rel
+    portable_onnx(target)
     proto = onnx.load(str(target), load_external_data=False)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     files = sorted(p.relative_to(workdir).as_posix() for p in target.parent.iterdir() if p.is_file())

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from exporters._capture import capture_findings, summarize_error
+from exporters._portable import portable_archive
 from toolchain.core.artifact import Artifact, Finding
 from toolchain.core.errors import ExportError
 from toolchain.core.samples import SampleSet
@@ -65,6 +66,7 @@ class TorchScriptExporter:
             scripted, exporter, notes = self._script_or_trace(model, spec, sample)
             try:
                 torch.jit.save(scripted, str(target))
+                portable_archive(target)
             except Exception as e:
                 raise ExportError(f"{spec.name}: torch.jit.save failed: {summarize_error(e)}") from e
         seconds = time.perf_counter() - start

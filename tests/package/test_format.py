@@ -39,7 +39,7 @@ def test_package_holds_manifest_samples_and_reports(tiny_package: Path) -> None:
     report = (tiny_package / "report.md").read_text()
     assert "| batch-1 | batch=1 | y |" in report
     assert (
-        "| path | status | export s | findings | export (batch=3) | batch-1 (batch=1) | batch-7 (batch=7) |" in report
+        "| path | status | findings | export (batch=3) | batch-1 (batch=1) | batch-7 (batch=7) |" in report
     )
 
 

@@ -124,8 +124,6 @@ class PathResult:
             "variant": self.variant,
             "status": self.status,
             "reason": self.reason,
-            "export_seconds": round(self.export_seconds, 3),
-            "verify_seconds": round(self.verify_seconds, 3),
             "artifact": self.artifact.to_dict() if self.artifact else None,
             "localization": self.localization.to_dict() if self.localization else None,
             "passes": [p.to_dict() for p in self.passes],
@@ -142,7 +140,6 @@ def _repair_dict(outcome: VariantOutcome | None) -> dict[str, Any] | None:
         "keep": outcome.keep,
         "modules": outcome.kept_modules,
         "rounds": [r.to_dict() for r in outcome.rounds],
-        "seconds": round(outcome.seconds, 3),
     }
 
 
@@ -207,12 +204,20 @@ def try_path(
     model: Any,
     replayer: Replayer,
     workdir: Path,
+    *,
+    program: Any = None,
 ) -> PathResult:
-    """Export through `name` into `workdir`, verify on every sample set, localise a numeric failure."""
+    """Export through `name` into `workdir`, verify on every sample set, localise a numeric failure.
+
+    `program`: a ``torch.export`` capture of `model` shared by the paths that start from one (``onnx``,
+    ``exported_program``), passed to their exporter instead of capturing again.
+    """
     path = PathResult(name)
     start = time.perf_counter()
+    exporter = EXPORTERS.get(name)
+    shared = {} if program is None else {"program": program}
     try:
-        path.artifact = EXPORTERS.get(name).export(model, replayer.spec, replayer.samples[0], workdir)
+        path.artifact = exporter.export(model, replayer.spec, replayer.samples[0], workdir, **shared)
     except ToolchainError as e:
         path.status, path.reason = REJECTED, str(e)
         return path

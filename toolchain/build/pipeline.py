@@ -16,6 +16,7 @@ import numpy as np
 
 from exporters import EXPORTERS
 from runtimes.eager import EagerSession
+from toolchain.build.capture import SharedCapture
 from toolchain.build.fastpath import fast_path_causes
 from toolchain.build.passes import GraphPass
 from toolchain.build.paths import KEPT, PathResult, Replayer, likely_cause, optimize_path, sizes, try_path
@@ -60,7 +61,8 @@ class StageResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
-        return {"name": self.name, "status": self.status, "seconds": round(self.seconds, 3), "detail": self.detail}
+        # NOTE: no seconds: a package's report is the same on every run (timings go to progress and bench).
+        return {"name": self.name, "status": self.status, "detail": self.detail}
 
 
 @dataclass
@@ -212,6 +214,7 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
     replayer = Replayer(spec, result.samples, expected, result.signature, causes={**fast, **state.causes()})
     with stage_package(out, force=plan.force) as staging, ExitStack() as scratch:
         workdirs: dict[str, Path] = {}
+        capture = SharedCapture(model, spec, result.samples[0], plan.candidates)
         with result.running("export", progress) as stage:
             for name in plan.candidates:
                 progress(f"{spec.name}: export {name}")
@@ -221,7 +224,7 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
                     )
                 )
                 # NOTE: a copy never run, so a forward that changes its module cannot leak into the next path.
-                result.paths.append(try_path(name, copy.deepcopy(model), replayer, workdirs[name]))
+                result.paths.append(_try(name, copy.deepcopy(model), replayer, workdirs[name], capture))
                 if plan.first_only and result.paths[-1].status == KEPT:
                     break
             if not result.kept:
@@ -237,6 +240,20 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
                 for rel in path.artifact.files:
                     shutil.move(workdirs[path.exporter] / rel, staging.file(rel))
             _seal(result, staging, out, expected)
+
+
+def _try(name: str, model: Any, replayer: Replayer, workdir: Path, capture: SharedCapture) -> PathResult:
+    """`try_path`, from the shared capture where it serves `name`; a rejected ``.pt2`` from it is captured again."""
+    program = capture.program_for(name)
+    if program is None:
+        return try_path(name, model, replayer, workdir)
+    path = capture.credit(try_path(name, model, replayer, workdir, program=program))
+    if path.status == KEPT or name != "exported_program":
+        return path
+    # NOTE: the shared capture is the ONNX exporter's (size-oblivious, deferred asserts); plain
+    # torch.export.export may still give a program that passes, as it did before captures were shared.
+    shutil.rmtree(workdir / "exported_program", ignore_errors=True)
+    return try_path(name, model, replayer, workdir)
 
 
 def _refine(

@@ -75,7 +75,6 @@ class Artifact:
             "exporter": self.exporter,
             "opset": self.opset,
             "variant": self.variant,
-            "export_seconds": round(self.export_seconds, 3),
             "findings": [f.to_dict() for f in self.findings],
             "passes": list(self.passes),
             **({"keep": list(self.keep)} if self.keep else {}),

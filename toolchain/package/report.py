@@ -21,11 +21,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "## Stages",
         "",
     ]
-    lines += ["| stage | status | seconds | detail |", "|---|---|---:|---|"]
-    lines += [
-        f"| {s['name']} | {s['status']} | {s['seconds']:.2f} | {_cell(s.get('detail', ''))} |"
-        for s in report.get("stages", [])
-    ]
+    lines += ["| stage | status | detail |", "|---|---|---|"]
+    lines += [f"| {s['name']} | {s['status']} | {_cell(s.get('detail', ''))} |" for s in report.get("stages", [])]
     lines += _paths_table(report)
     lines += _passes(report)
     lines += _drift(report)
@@ -73,7 +70,7 @@ def _paths_table(report: Mapping[str, Any]) -> list[str]:
     samples = report.get("samples", [])
     head = " | ".join(f"{s['name']} ({_where(s['sizes'])})" for s in samples)
     lines = ["", "## Export paths", "", "Worst max abs error against eager at each sample set (x = failed).", ""]
-    lines += [f"| path | status | export s | findings | {head} |", "|---|---|---:|---:|" + "---:|" * len(samples)]
+    lines += [f"| path | status | findings | {head} |", "|---|---|---:|" + "---:|" * len(samples)]
     for path in report.get("paths", []):
         by_sample = {s["sample"]: s for s in path.get("samples", [])}
         cells = []
@@ -87,11 +84,7 @@ def _paths_table(report: Mapping[str, Any]) -> list[str]:
                 worst = max((o["max_abs"] for o in got["outputs"].values()), default=0.0)
                 cells.append(f"{worst:.2g}" + ("" if got["passed"] else " x"))
         n_findings = len((path.get("artifact") or {}).get("findings", []))
-        lines.append(
-            f"| {path['exporter']} | {path['status']} | {path['export_seconds']:.2f} | {n_findings} | "
-            + " | ".join(cells)
-            + " |"
-        )
+        lines.append(f"| {path['exporter']} | {path['status']} | {n_findings} | " + " | ".join(cells) + " |")
     if any(p["status"] == "rejected" for p in report.get("paths", [])):
         lines += ["", "Why each rejected path was rejected: see [Findings](#findings)."]
     return lines

@@ -1,0 +1,66 @@
+"""One ``torch.export`` capture shared by the export paths that start from one (ONNX and ``.pt2``)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from exporters.onnx import capture_program
+from toolchain.build.paths import PathResult
+from toolchain.core.artifact import Finding
+from toolchain.core.errors import ExportError
+from toolchain.core.samples import SampleSet
+from toolchain.core.spec import ModelSpec
+
+__all__ = ["SHARING", "SharedCapture"]
+
+SHARING = ("onnx", "exported_program")
+"""Paths fed from the shared capture, when both are asked for."""
+
+
+class SharedCapture:
+    """Captures the model once, on first use, the way ``torch.onnx.export(dynamo=True)`` does.
+
+    NOTE: capture is a third of a dynamo ONNX export and nearly all of a ``.pt2`` one (1-2.5 s per zoo
+    model here); the ONNX exporter translates a given program exactly as it would its own capture, so
+    sharing costs the ONNX path nothing. Only when both paths are asked for: otherwise there is nothing
+    to share, and a capture that fails would be paid twice.
+    """
+
+    def __init__(self, model: Any, spec: ModelSpec, sample: SampleSet, candidates: Sequence[str]) -> None:
+        self._model, self._spec, self._sample = model, spec, sample
+        self._enabled = all(name in candidates for name in SHARING)
+        self._done = False
+        self._program: Any = None
+        self._findings: tuple[Finding, ...] = ()
+        self._seconds = 0.0
+        self._charged = False
+
+    def program_for(self, name: str) -> Any:
+        """The shared program for path `name`, or None: the path captures on its own."""
+        if not self._enabled or name not in SHARING:
+            return None
+        if not self._done:
+            self._done = True
+            start = time.perf_counter()
+            try:
+                # NOTE: captured from a copy: the paths' own copies are taken from a model never run.
+                self._program, findings = capture_program(copy.deepcopy(self._model), self._spec, self._sample)
+                self._findings = tuple(findings)
+            except ExportError:
+                self._program = None  # NOTE: each path then captures on its own and reports its own reason
+            self._seconds = time.perf_counter() - start
+        return self._program
+
+    def credit(self, path: PathResult) -> PathResult:
+        """Give `path` what the shared capture warned, and its time (to the first path that used it)."""
+        if path.artifact is not None:
+            findings = (*self._findings, *path.artifact.findings)
+            path.artifact = replace(path.artifact, findings=tuple(dict.fromkeys(findings)))
+        if not self._charged:
+            self._charged = True
+            path.export_seconds += self._seconds
+        return path
