@@ -21,6 +21,9 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # NOTE: reprs such as `<function f at 0x7f...>` differ on every run (address layout), and a finding's
 # message lands in the manifest, whose bytes must not change from one run to the next.
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+# NOTE: torch lists the tensor attributes a forward assigned in set order, which changes with the process's
+# string hashing (PYTHONHASHSEED); sorted, the same export gives the same message on every run.
+_ATTRIBUTES = re.compile(r"(?<=The tensor attributes )(.+?)(?= were assigned)")
 _LOGGERS = ("torch", "onnxscript", "onnx_ir", "onnx")
 # NOTE: messages that say nothing about the model being exported.
 # The registration log of our own ``embedding_bag`` translation (torch cannot read onnxscript's
@@ -83,7 +86,7 @@ def capture_findings() -> Iterator[list[Finding]]:
     if printed:
         findings.append(Finding("log", f"printed: {printed.splitlines()[0][:400]}"))
     for w in caught:
-        message = str(w.message).strip().splitlines()[0][:400] if str(w.message).strip() else ""
+        message = _stable(str(w.message).strip().splitlines()[0])[:400] if str(w.message).strip() else ""
         if any(s in message for s in _IRRELEVANT):
             continue
         kind = "deprecation" if issubclass(w.category, DeprecationWarning | FutureWarning) else "warning"
@@ -116,6 +119,11 @@ def _native_output_into(findings: list[Finding]) -> Iterator[None]:
             text = sink.read().decode(errors="replace").strip()
             if text:
                 findings.append(Finding("log", f"native output: {text.splitlines()[0][:400]}"))
+
+
+def _stable(message: str) -> str:
+    """`message` less what changes from one run of the same export to the next."""
+    return _ATTRIBUTES.sub(lambda m: ", ".join(sorted(m.group(1).split(", "))), message)
 
 
 def _deduplicate(findings: list[Finding]) -> None:

@@ -9,7 +9,9 @@ which drops a trace that froze a shape or a branch.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +89,8 @@ class TorchScriptExporter:
         script_error: Exception | None = None
         if not self.trace:
             try:
-                return torch.jit.script(model), "torch.jit.script", []
+                with _sorted_constants():
+                    return torch.jit.script(model), "torch.jit.script", []
             except Exception as e:
                 script_error = e
         args = tuple(torch.from_numpy(sample.feeds[n].copy()) for n in spec.inputs)
@@ -103,3 +106,35 @@ class TorchScriptExporter:
             ) from e
         notes = [Finding("script-failed", summarize_error(script_error))] if script_error else []
         return traced, "torch.jit.trace", [*notes, Finding("traced", _TRACED)]
+
+
+class _SortedSet(set[Any]):
+    """A set that iterates in sorted order when its items allow it."""
+
+    def __iter__(self) -> Iterator[Any]:
+        items = list(super().__iter__())
+        with contextlib.suppress(TypeError):
+            items.sort()
+        return iter(items)
+
+
+@contextlib.contextmanager
+def _sorted_constants() -> Iterator[None]:
+    """While open, scripting lists a module's constants (``__constants__``, ``Final``) in sorted order.
+
+    NOTE: torch.jit._recursive collects them in a ``set`` and writes them into the archive's code in
+    its iteration order, which follows the process's string hashing (PYTHONHASHSEED): the same model
+    scripted in two processes gave two archives. A module-level ``set`` shadows the builtin there.
+    """
+    import torch.jit._recursive as recursive
+
+    namespace = recursive.__dict__
+    saved = namespace.get("set")
+    namespace["set"] = _SortedSet
+    try:
+        yield
+    finally:
+        if saved is None:
+            namespace.pop("set", None)
+        else:
+            namespace["set"] = saved

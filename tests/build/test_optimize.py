@@ -9,9 +9,13 @@ import pytest
 from onnx import numpy_helper
 
 from tests.conftest import TINY
-from toolchain.build.optimize import graph_digest
+from toolchain.build.optimize import PassResult, graph_digest, optimize_artifact
 from toolchain.build.passes import PASSES, GraphPass, onnxscript_optimizer
+from toolchain.build.paths import Replayer
 from toolchain.build.pipeline import export_package
+from toolchain.core.parity import ParityReport
+from toolchain.core.samples import generate_samples
+from toolchain.package.format import load_array, open_package
 from toolchain.package.verify import verify_package
 
 
@@ -207,3 +211,50 @@ def test_a_variant_that_cannot_be_repaired_names_the_stage_and_module_that_drift
     assert "exported and optimised graphs match eager, the fp16 variant drifts first" in fp16.reason
     assert fp16.localization is not None and fp16.localization.module == "fc2"
     assert not (tmp_path / "pkg" / "onnx" / "model.fp16.onnx").exists()
+
+
+def _tag_doc(src: Path, dst: Path) -> None:
+    model = onnx.load(str(src))
+    node = model.graph.node[0]
+    node.name = node.name + "_tagged"
+    onnx.save(model, str(dst))
+
+
+TAG = GraphPass("tag", ("onnx",), _tag_doc, "renames the first node")
+
+
+def _replays(passes: tuple[GraphPass, ...], tmp_path: Path) -> tuple[list[Path], list[PassResult]]:
+    package = tmp_path / "pkg"
+    assert export_package(TINY, package, formats=["onnx"], optimize=False)
+    model = tmp_path / "model.onnx"
+    model.write_bytes((package / "onnx" / "model.onnx").read_bytes())
+    replayed: list[Path] = []
+    opened = open_package(package)
+    samples = generate_samples(TINY)
+    expected = [{k: load_array(package / v) for k, v in s["expected"].items()} for s in opened.samples]
+    replayer = Replayer(TINY, samples, expected, opened.signature)
+
+    def check(path: Path) -> list[ParityReport]:
+        replayed.append(path)
+        return replayer.checker("onnx")(path)
+
+    return replayed, optimize_artifact(model, "onnx", check=check, passes=passes)
+
+
+def test_passes_that_keep_parity_are_replayed_once_together(tmp_path: Path) -> None:
+    replayed, steps = _replays((RENAME, TAG), tmp_path)
+    assert [s.status for s in steps] == ["kept", "kept"]
+    assert len(replayed) == 1
+    assert steps[0].reason == "replayed together with the passes after it" and all(steps[0].reports)
+
+
+def test_a_breaking_pass_in_a_run_is_skipped_and_the_passes_after_it_run_again(tmp_path: Path) -> None:
+    _, steps = _replays((RENAME, FAULTY, TAG), tmp_path)
+    assert [(s.name, s.status) for s in steps] == [("rename", "kept"), ("scale-weights", "skipped"), ("tag", "kept")]
+    assert "breaks parity on sample 'export'" in steps[1].reason
+    shipped = onnx.load(str(tmp_path / "model.onnx"))
+    assert all(n.name.startswith("renamed_") for n in shipped.graph.node)
+    assert shipped.graph.node[0].name.endswith("_tagged")
+    weights = {t.name: numpy_helper.to_array(t) for t in shipped.graph.initializer}
+    original = onnx.load(str(tmp_path / "pkg" / "onnx" / "model.onnx"))
+    assert all(np.array_equal(weights[t.name], numpy_helper.to_array(t)) for t in original.graph.initializer)

@@ -162,3 +162,42 @@ def test_a_model_that_does_not_trace_is_an_export_error_on_the_trace_path(tmp_pa
     spec = _spec(Untraceable, "test.untraceable")
     with pytest.raises(ExportError, match=r"test.untraceable: torch.jit.trace failed: "):
         TorchScriptExporter(trace=True).export(spec.build().eval(), spec, generate_samples(spec)[0], tmp_path)
+
+
+def test_a_scripted_archive_is_the_same_whatever_the_string_hashing(tmp_path: Path) -> None:
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    # NOTE: in a file, so torch.jit.script can read the source (a model from `python -c` is traced).
+    (tmp_path / "hashing_model.py").write_text(
+        "import torch\n"
+        "class M(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.emb = torch.nn.Embedding(50, 8)\n"
+        "        self.norm = torch.nn.LayerNorm(8)\n"
+        "    def forward(self, ids):\n"
+        "        return self.norm(self.emb(ids))\n"
+    )
+    code = (
+        "import sys, pathlib, torch\n"
+        "torch.manual_seed(0)\n"
+        "from hashing_model import M\n"
+        "from exporters.torchscript import TorchScriptExporter\n"
+        "from toolchain.core.samples import generate_samples\n"
+        "from toolchain.core.spec import ModelSpec, Input, Dim\n"
+        "spec = ModelSpec(name='t.m', factory=M, inputs={'ids': Input.ids(('batch', 5), high=50)},"
+        " outputs=('y',), dims={'batch': Dim(example=2)})\n"
+        "sample = generate_samples(spec)[0]\n"
+        "artifact = TorchScriptExporter().export(M().eval(), spec, sample, pathlib.Path(sys.argv[1]))\n"
+        "assert artifact.exporter == 'torch.jit.script', artifact.exporter\n"
+    )
+    digests = set()
+    for seed in ("1", "2", "3"):
+        out = tmp_path / seed
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": f"{Path(__file__).resolve().parents[2]}:{tmp_path}"}
+        subprocess.run([sys.executable, "-c", code, str(out)], env=env, check=True, capture_output=True)
+        digests.add(hashlib.sha256((out / "torchscript" / "model.pt").read_bytes()).hexdigest())
+    assert len(digests) == 1

@@ -38,9 +38,7 @@ def test_package_holds_manifest_samples_and_reports(tiny_package: Path) -> None:
     assert check_integrity(tiny_package) == []
     report = (tiny_package / "report.md").read_text()
     assert "| batch-1 | batch=1 | y |" in report
-    assert (
-        "| path | status | findings | export (batch=3) | batch-1 (batch=1) | batch-7 (batch=7) |" in report
-    )
+    assert "| path | status | findings | export (batch=3) | batch-1 (batch=1) | batch-7 (batch=7) |" in report
 
 
 def test_failure_mid_export_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

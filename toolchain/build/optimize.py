@@ -80,8 +80,15 @@ def optimize_artifact(
     """Run every pass for `fmt` over the artifact at `path`, keeping each one that changes it and stays correct.
 
     A pass is kept when its graph differs from the current one, has no more nodes, and matches eager
-    on every sample set. The artifact at `path` is replaced by the last kept result at the end (it is
-    untouched when no pass was kept). Scratch files live next to it and are removed.
+    on every sample set. Passes are applied on top of one another and the last result replayed first:
+    when it matches eager, every pass in the run is kept on that one replay; when it does not, the
+    results before it are replayed from the last backwards, the first one that matches is kept and the
+    pass after it skipped (with why), and the remaining passes run again from there. The artifact at
+    `path` is replaced by the last kept result at the end (untouched when none was kept). Scratch files
+    live next to it and are removed.
+
+    NOTE: one replay per run instead of one per pass: replays are most of an export's time on small
+    models, and nearly every pass keeps parity. The shipped file is always the one replayed.
 
     Args:
         path: the artifact's main file, already verified against eager.
@@ -93,34 +100,99 @@ def optimize_artifact(
     """
     scratch = path.parent / f".{path.stem}-passes"
     scratch.mkdir(exist_ok=True)
-    results: list[PassResult] = []
-    current = path
+    results: dict[int, PassResult] = {}
+    pending = [(i, p) for i, p in enumerate(passes or PASSES) if fmt in p.formats]
+    current, attempt = path, 0
     try:
-        for index, graph_pass in enumerate(passes or PASSES):
-            if fmt not in graph_pass.formats or not graph_pass.applies(current):
-                continue
-            if graph_pass.fallback_of and any(r.name == graph_pass.fallback_of and r.status == KEPT for r in results):
-                continue
-            progress(f"pass {graph_pass.name}")
-            # NOTE: each candidate keeps the artifact's file name: torch.jit.save names the archive's
-            # records after the file, so a scratch name would end up in the shipped bytes.
-            candidate = scratch / f"{index}-{graph_pass.name}" / path.name
-            candidate.parent.mkdir()
-            result = _try_pass(graph_pass, current, candidate, fmt, check=check)
-            if result.status == SKIPPED and result.reports and not all(result.reports):
-                where = explain(candidate, result.reports)
-                result.reason += f"; {where}" if where else ""
-            results.append(result)
-            if result.status == KEPT:
-                current = candidate
+        while pending:
+            attempt += 1
+            run = _apply_run(pending, current, scratch / str(attempt), path.name, fmt, results, progress)
+            verified, reports, failed = _longest_verified(run, check)
+            stop = failed[0] if failed else max(i for i, _ in run) if run else -1
+            results.update({i: applied.result for i, applied in run if i <= stop})
+            for k, (i, candidate) in enumerate(verified):
+                results[i].status, results[i].reports, current = KEPT, reports, candidate
+                if k < len(verified) - 1:
+                    results[i].reason = "replayed together with the passes after it"
+            if failed is None:
+                break
+            index, candidate, bad_reports = failed
+            bad = next(r for r in bad_reports if not r)
+            skipped = results[index]
+            skipped.status, skipped.reports = SKIPPED, bad_reports
+            skipped.reason = f"breaks parity on sample {bad.sample!r}: {_first_failure(bad)}"
+            where = explain(candidate, bad_reports)
+            skipped.reason += f"; {where}" if where else ""
+            pending = [(i, p) for i, p in pending if i > index]
         if current != path:
             shutil.copyfile(current, path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return results
+    return [results[i] for i in sorted(results)]
 
 
-def _try_pass(graph_pass: GraphPass, current: Path, candidate: Path, fmt: str, *, check: Check) -> PassResult:
+@dataclass
+class _Applied:
+    result: PassResult
+    candidate: Path | None
+    """The file the pass wrote, when it changed the graph (not yet replayed); None otherwise."""
+
+
+def _apply_run(
+    pending: Sequence[tuple[int, GraphPass]],
+    start: Path,
+    folder: Path,
+    name: str,
+    fmt: str,
+    done: dict[int, PassResult],
+    progress: Callable[[str], None],
+) -> list[tuple[int, _Applied]]:
+    """Apply the pending passes on top of one another from `start`, judging each by structure alone."""
+    run: list[tuple[int, _Applied]] = []
+    current = start
+    for index, graph_pass in pending:
+        if not graph_pass.applies(current):
+            continue
+        earlier = [*done.values(), *(a.result for _, a in run)]
+        if graph_pass.fallback_of and any(
+            r.name == graph_pass.fallback_of and r.status in (KEPT, _CHANGED) for r in earlier
+        ):
+            continue
+        progress(f"pass {graph_pass.name}")
+        # NOTE: each candidate keeps the artifact's file name: torch.jit.save names the archive's
+        # records after the file, so a scratch name would end up in the shipped bytes.
+        candidate = folder / f"{index}-{graph_pass.name}" / name
+        candidate.parent.mkdir(parents=True)
+        result = _try_pass(graph_pass, current, candidate, fmt)
+        changed = result.status == _CHANGED
+        run.append((index, _Applied(result, candidate if changed else None)))
+        current = candidate if changed else current
+    return run
+
+
+def _longest_verified(
+    run: list[tuple[int, _Applied]], check: Check
+) -> tuple[list[tuple[int, Path]], list[ParityReport], tuple[int, Path, list[ParityReport]] | None]:
+    """The longest start of the run's changed passes whose last file matches eager, its reports, and the pass after it.
+
+    The pass after it comes with its file and failing reports; None when the whole run matched.
+    """
+    changed = [(i, a.candidate) for i, a in run if a.candidate is not None]
+    failed = None
+    for k in range(len(changed), 0, -1):
+        index, candidate = changed[k - 1]
+        reports = check(candidate)
+        if all(reports):
+            return changed[:k], reports, failed
+        failed = (index, candidate, reports)
+    return [], [], failed
+
+
+_CHANGED = "changed"
+"""A pass whose graph differs and has no more nodes; kept or skipped once replayed."""
+
+
+def _try_pass(graph_pass: GraphPass, current: Path, candidate: Path, fmt: str) -> PassResult:
     result = PassResult(graph_pass.name, FAILED, detail=graph_pass.detail, nodes_before=count_nodes(current, fmt))
     start = time.perf_counter()
     try:
@@ -129,17 +201,11 @@ def _try_pass(graph_pass: GraphPass, current: Path, candidate: Path, fmt: str, *
         result.nodes_after = count_nodes(candidate, fmt)
         if result.nodes_after == result.nodes_before and _same_graph(current, candidate, fmt):
             result.status, result.reason = NO_CHANGE, "the graph is the same as before the pass"
-            return result
-        if result.nodes_after > result.nodes_before:
+        elif result.nodes_after > result.nodes_before:
             result.status = SKIPPED
             result.reason = f"grows the graph from {result.nodes_before} to {result.nodes_after} nodes"
-            return result
-        result.reports = check(candidate)
-        if not all(result.reports):
-            bad = next(r for r in result.reports if not r)
-            result.status, result.reason = SKIPPED, f"breaks parity on sample {bad.sample!r}: {_first_failure(bad)}"
-            return result
-        result.status = KEPT
+        else:
+            result.status = _CHANGED
     except Exception as e:  # NOTE: a library pass that crashes is reported and skipped, never fatal.
         result.status, result.reason = FAILED, f"{type(e).__name__}: {first_line(e)}"
     finally:
