@@ -91,3 +91,29 @@ def test_the_op_registry_is_built_once_and_custom_translations_stay_in_their_exp
     base = next(iter(module._REGISTRIES.values()))
     assert all(not meta.is_custom for decomps in base.functions.values() for meta in decomps)
     assert _registration.ONNXRegistry.__dict__["from_torchlib"] is original
+
+
+def test_the_cia_op_list_is_collected_once_per_op_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch._export import utils
+
+    from exporters import onnx as onnx_exporter
+
+    calls: list[int] = []
+    original = utils._collect_all_valid_cia_ops
+
+    def counted() -> set:
+        calls.append(1)
+        return original()
+
+    monkeypatch.setattr(utils, "_collect_all_valid_cia_ops", counted)
+    monkeypatch.setattr(onnx_exporter, "_CIA_OPS", {})
+    with onnx_exporter._cached_cia_ops():
+        first = utils._collect_all_valid_cia_ops()
+        assert utils._collect_all_valid_cia_ops() == first and len(calls) == 1
+        library = torch.library.Library("toolchain_test_cia", "DEF")
+        library.define("double(Tensor x) -> Tensor")
+        library.impl("double", lambda x: x * 2, "CompositeImplicitAutograd")
+        again = utils._collect_all_valid_cia_ops()
+        assert len(calls) == 2
+        assert any("toolchain_test_cia" in str(op) for op in again)
+    assert utils._collect_all_valid_cia_ops is counted
