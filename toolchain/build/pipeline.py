@@ -29,8 +29,8 @@ from toolchain.core.samples import SampleSet, generate_samples
 from toolchain.core.signature import Signature
 from toolchain.core.spec import FORMATS, ModelSpec
 from toolchain.package import trust
-from toolchain.package.format import PackageStaging, check_destination, stage_package
 from toolchain.package.report import render_markdown
+from toolchain.package.staging import PackageStaging, check_destination, stage_package
 from toolchain.package.verify import verify_package
 
 __all__ = [
