@@ -128,12 +128,12 @@ def test_out_that_is_a_symlink_is_refused_and_not_followed(tmp_path: Path) -> No
 def test_out_that_is_a_file_or_a_folder_of_other_things_is_refused(tmp_path: Path) -> None:
     file = tmp_path / "notes.txt"
     file.write_text("mine")
-    with pytest.raises(PackageError, match="notes.txt: exists and is not a package folder"):
+    with pytest.raises(PackageError, match=r"notes.txt: exists and is not a package folder"):
         _package(file, "new", force=True)
     folder = tmp_path / "work"
     folder.mkdir()
     (folder / "thesis.tex").write_text("years")
-    with pytest.raises(PackageError, match="work: exists, is not empty and holds no manifest.json"):
+    with pytest.raises(PackageError, match=r"work: exists, is not empty and holds no manifest.json"):
         _package(folder, "new", force=True)
     assert file.read_text() == "mine" and (folder / "thesis.tex").read_text() == "years"
 
@@ -156,12 +156,12 @@ def test_disk_full_is_a_clear_error_and_the_old_package_survives(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(staging.np, "save", full)
-    with pytest.raises(PackageError, match=r"pkg: no space left while writing .*old package there is intact"):
-        with stage_package(dest, force=True) as s:
-            s.write_text("data.txt", "new")
-            if where == "body":
-                full()
-            s.save_array("a.npy", np.arange(3))
+    message = r"pkg: no space left while writing .*old package there is intact"
+    with pytest.raises(PackageError, match=message), stage_package(dest, force=True) as s:
+        s.write_text("data.txt", "new")
+        if where == "body":
+            full()
+        s.save_array("a.npy", np.arange(3))
     assert _name(dest) == "old" and check_integrity(dest) == []
     assert _leftovers(tmp_path) == []
     canary.assert_untouched()

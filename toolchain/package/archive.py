@@ -24,6 +24,7 @@ import tarfile
 import tempfile
 import uuid
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,14 +161,17 @@ def _extract(archive: Path, root: Path, limits: ArchiveLimits) -> None:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-            with member.opener() as src, os.fdopen(os.open(target, flags, 0o644), "wb") as dst:
-                count = 0
-                for block in iter(lambda: src.read(_CHUNK), b""):
-                    count += len(block)
-                    written += len(block)
-                    if count > member.size or written > limits.total_bytes:
-                        raise _refused(archive, member.name, "expands beyond its declared size or the total limit")
-                    dst.write(block)
+            try:
+                with member.opener() as src, os.fdopen(os.open(target, flags, 0o644), "wb") as dst:
+                    count = 0
+                    for block in iter(lambda: src.read(_CHUNK), b""):
+                        count += len(block)
+                        written += len(block)
+                        if count > member.size or written > limits.total_bytes:
+                            raise _refused(archive, member.name, "expands beyond its declared size or the limit")
+                        dst.write(block)
+            except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, NotImplementedError) as e:
+                raise _refused(archive, member.name, f"cannot be read ({e})") from e
 
 
 def _zip_members(archive: Path, stack: contextlib.ExitStack, limits: ArchiveLimits) -> list[_Member]:
