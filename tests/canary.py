@@ -1,5 +1,8 @@
 """A canary file beside a package: proves that nothing outside the package was read or changed.
 
+With ``existing=True`` it watches a file already there (a package's TorchScript file that must never
+be opened without trust).
+
 On Linux an inotify watch sees every open, read or write of the canary by any process (children
 included); the folder holding it is compared before and after, so nothing new appears beside it.
 """
@@ -22,10 +25,11 @@ _IN_NONBLOCK = 0o4000
 class Canary:
     """A file with fresh random bytes at `path`; `assert_untouched` fails if anything opened or changed it."""
 
-    def __init__(self, path: Path, *, allowed: tuple[str, ...] = ()) -> None:
+    def __init__(self, path: Path, *, allowed: tuple[str, ...] = (), existing: bool = False) -> None:
         self.path = Path(path)
-        self.content = secrets.token_bytes(64)
-        self.path.write_bytes(self.content)
+        self.content = self.path.read_bytes() if existing else secrets.token_bytes(64)
+        if not existing:
+            self.path.write_bytes(self.content)
         self.allowed = allowed
         self.before = self._listing()
         self._fd = -1

@@ -191,12 +191,31 @@ def verify(
         bool,
         typer.Option("--strict", help="Exit 1 unless every artifact was verified (none refused or skipped)."),
     ] = False,
+    max_memory: Annotated[
+        str,
+        typer.Option(
+            "--max-memory",
+            envvar="TOOLCHAIN_MAX_MEMORY",
+            help="Memory (address space) for loading and replaying a package not exported on this machine, "
+            "in a child process.",
+        ),
+    ] = "4GiB",
+    max_time: Annotated[
+        int,
+        typer.Option(
+            "--max-time",
+            envvar="TOOLCHAIN_MAX_TIME",
+            help="CPU and wall-clock seconds for loading and replaying a package not exported on this machine.",
+        ),
+    ] = 300,
 ) -> None:
     """Check every file's hash, then replay the golden samples; exit 1 on any failure."""
+    from toolchain.package.sandbox import Limits, parse_size
     from toolchain.package.verify import verify_package
 
+    limits = Limits(memory_bytes=parse_size(max_memory), seconds=max_time)
     with _package_folder(package) as folder:
-        report = verify_package(folder, trust=trust, providers=_providers(provider))
+        report = verify_package(folder, trust=trust, providers=_providers(provider), limits=limits)
     for line in report.summary_lines():
         typer.echo(line)
     if not report:
@@ -293,8 +312,15 @@ def diagnose(
 
 @app.command()
 @_one_line_errors
-def inspect(package: Annotated[Path, typer.Argument(help="Package folder to describe.")]) -> None:
+def inspect(
+    package: Annotated[Path, typer.Argument(help="Package folder (or .zip, .tar, .tar.gz) to describe.")],
+) -> None:
     """Print a package's signature, artifacts and recorded parity (after checking its hashes)."""
+    with _package_folder(package) as folder:
+        _inspect(folder)
+
+
+def _inspect(package: Path) -> None:
     from toolchain.package.format import open_package
     from toolchain.package.report import runtime_label
 
