@@ -208,13 +208,33 @@ def verify(
             help="CPU and wall-clock seconds for loading and replaying a package not exported on this machine.",
         ),
     ] = 300,
+    require_signature: Annotated[
+        bool,
+        typer.Option(
+            "--require-signature",
+            help="Fail unless the package's signature (model.sig, `toolchain sign`) verifies, before anything "
+            "else is read.",
+        ),
+    ] = False,
+    public_key: Annotated[
+        Path | None, typer.Option("--public-key", help="Check the signature with this EC public key (PEM).")
+    ] = None,
+    certificate_chain: Annotated[
+        list[Path] | None,
+        typer.Option("--certificate-chain", help="Check a certificate signature against these certificates (PEM)."),
+    ] = None,
 ) -> None:
     """Check every file's hash, then replay the golden samples; exit 1 on any failure."""
     from toolchain.package.sandbox import Limits, parse_size
+    from toolchain.package.signing import manifest_digest, verify_signature
     from toolchain.package.verify import verify_package
 
     limits = Limits(memory_bytes=parse_size(max_memory), seconds=max_time)
     with _package_folder(package) as folder:
+        if require_signature or public_key is not None or certificate_chain:
+            typer.echo(verify_signature(folder, public_key=public_key, certificate_chain=certificate_chain or ()))
+        if (folder / "manifest.json").is_file():
+            typer.echo(f"manifest sha256: {manifest_digest(folder)}")
         report = verify_package(folder, trust=trust, providers=_providers(provider), limits=limits)
     for line in report.summary_lines():
         typer.echo(line)
@@ -243,6 +263,32 @@ def _package_folder(path: Path) -> Any:
         return
     with unpacked(path) as folder:
         yield folder
+
+
+@app.command()
+@_one_line_errors
+def sign(
+    package: Annotated[Path, typer.Argument(help="Package folder to sign (its integrity is checked first).")],
+    key: Annotated[Path, typer.Option("--key", help="Elliptic-curve private key (PEM).")],
+    password_env: Annotated[
+        str, typer.Option("--password-env", help="Name of an environment variable holding the key's password.")
+    ] = "",
+    certificate: Annotated[
+        Path | None, typer.Option("--certificate", help="Sign with this signing certificate for --key.")
+    ] = None,
+    certificate_chain: Annotated[
+        list[Path] | None, typer.Option("--certificate-chain", help="Certificates from --certificate to a root.")
+    ] = None,
+) -> None:
+    """Sign a package's manifest and every file (OpenSSF model signing); writes PACKAGE/model.sig."""
+    from toolchain.package.signing import manifest_digest, sign_package
+
+    password = os.environ.get(password_env, "") if password_env else ""
+    written = sign_package(
+        package, private_key=key, password=password, certificate=certificate, certificate_chain=certificate_chain or ()
+    )
+    typer.echo(f"manifest sha256: {manifest_digest(package)}")
+    typer.echo(f"signed: {written}")
 
 
 @app.command()

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from toolchain.core.errors import PackageError
-from toolchain.package.format import MANIFEST, check_integrity, open_package
+from toolchain.package.format import MANIFEST, SIGNATURE_FILE, check_integrity, open_package
 from toolchain.package.staging import check_destination, exchange
 
 __all__ = ["ArchiveLimits", "is_archive", "pack", "unpack", "unpacked"]
@@ -69,6 +69,8 @@ def pack(package: Path, out: Path, *, force: bool = False) -> Path:
     kind = _kind(out)
     _check_out_file(out, force=force)
     files = [(MANIFEST, "")] + [(str(e["path"]), str(e["sha256"])) for e in pkg.manifest["files"]]
+    if (pkg.path / SIGNATURE_FILE).is_file() and not (pkg.path / SIGNATURE_FILE).is_symlink():
+        files.append((SIGNATURE_FILE, ""))
     tmp = out.parent / f".{out.name}.pack-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         if kind == "zip":

@@ -28,6 +28,7 @@ from toolchain.core.signature import Signature
 __all__ = [
     "MANIFEST",
     "SCHEMA_VERSION",
+    "SIGNATURE_FILE",
     "Package",
     "Problem",
     "check_integrity",
@@ -37,6 +38,8 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+SIGNATURE_FILE = "model.sig"
+"""The one unlisted file a package may hold: its signature (`toolchain.package.signing`), at the root."""
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -133,7 +136,7 @@ def check_integrity(path: Path) -> list[Problem]:
         rel = p.relative_to(path).as_posix()
         if p.is_symlink():
             problems.append(Problem(rel, "is a symbolic link; packages hold regular files only"))
-        elif p.is_file() and rel != MANIFEST:
+        elif p.is_file() and rel not in (MANIFEST, SIGNATURE_FILE):
             present.add(rel)
     for rel in sorted(present - set(listed)):
         problems.append(Problem(rel, "is not listed in the manifest (unexpected file)"))

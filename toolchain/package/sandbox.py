@@ -6,7 +6,8 @@ runs the loading and replays in ``python -m toolchain.package.sandbox`` with
 
 - ``RLIMIT_AS`` (address space) = `Limits.memory_bytes` (default 4 GiB),
 - ``RLIMIT_CPU`` = `Limits.seconds` of CPU time, and the same number of seconds of wall-clock time,
-- ``RLIMIT_FSIZE`` = 0 (the child writes no file) and no core dumps,
+- ``RLIMIT_FSIZE`` = 0 (the child writes no file) unless ``--trust`` lets code-loading artifacts
+  load (``torch.export.load`` needs a temporary folder), and no core dumps,
 
 and reads the results back as JSON lines on the child's stdout. A limit hit is a `LimitError` naming
 the artifact that was being loaded or run and the limit, with the option that raises it.
@@ -164,15 +165,17 @@ def _report_from_dict(data: Mapping[str, Any]) -> VerificationReport:
     )
 
 
-def _set_limits(limits: Limits) -> None:
+def _set_limits(limits: Limits, *, writes: bool) -> None:
     import resource
 
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
     resource.setrlimit(resource.RLIMIT_CPU, (limits.seconds, limits.seconds + 5))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    # NOTE: the child has nothing to write; with SIGXFSZ ignored a write fails with EFBIG instead of a kill.
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    if not writes:
+        # NOTE: ONNX Runtime writes nothing, so the child may write no file; with SIGXFSZ ignored a write
+        # fails with EFBIG instead of a kill. torch.export.load (a trusted .pt2) needs a temporary folder.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
 
 
 def _emit(event: Mapping[str, Any]) -> None:
@@ -184,7 +187,11 @@ def _child() -> None:
     """Entry point of the child: read the request on stdin, set the limits, verify, answer on stdout."""
     request = json.loads(sys.stdin.read())
     limits = Limits(**request["limits"])
-    _set_limits(limits)
+    from toolchain.package.trust import is_trusted
+
+    # NOTE: the parent may see the package as untrusted where the child's trust list says otherwise
+    # (a list updated meanwhile); code-loading artifacts load here whenever verify_package says so.
+    _set_limits(limits, writes=bool(request["trust"]) or is_trusted(Path(request["path"])))
     from toolchain.core.errors import ToolchainError
     from toolchain.package.verify import verify_package
 
