@@ -19,9 +19,10 @@ from toolchain.serve import open_recommended
 runner = CliRunner()
 
 
-def _verify(package: Path, *options: str) -> tuple[int, list[str]]:
+def _verify(package: Path, *options: str) -> tuple[int, list[str], list[str]]:
+    """Exit code, every line printed, and the lines on stderr."""
     result = runner.invoke(app, ["verify", str(package), "--provider", "cpu", *options])
-    return result.exit_code, result.output.strip().splitlines()
+    return result.exit_code, result.output.strip().splitlines(), result.stderr.strip().splitlines()
 
 
 @pytest.mark.parametrize(
@@ -40,9 +41,10 @@ def test_hostile_model_hits_a_limit_with_one_clear_line(
     package = hostile.hostile_package(tiny_package, tmp_path / "pkg", model)
     assert len(model) < 6000 and not is_trusted(package)
     canary = Canary(tmp_path / "canary.txt", allowed=("pkg",))
-    code, lines = _verify(package, *limits)
+    code, lines, errors = _verify(package, *limits)
     assert code == 1
-    assert lines == [
+    assert lines[0].startswith("manifest sha256: ")
+    assert errors == [
         f"error: onnx/model.onnx: {message} for untrusted packages; raise it with {limits[0]} "
         f"(or TOOLCHAIN_MAX_{'MEMORY' if 'memory' in message else 'TIME'})"
     ]
@@ -54,14 +56,14 @@ def test_limits_come_from_the_environment_too(
 ) -> None:
     package = hostile.hostile_package(tiny_package, tmp_path / "pkg", hostile.constant_of_shape(2**40))
     monkeypatch.setenv("TOOLCHAIN_MAX_MEMORY", "2GiB")
-    code, lines = _verify(package)
-    assert code == 1 and "exceeded the memory limit of 2 GiB" in lines[0]
+    code, _lines, errors = _verify(package)
+    assert code == 1 and len(errors) == 1 and "exceeded the memory limit of 2 GiB" in errors[0]
 
 
 def test_untyped_input_is_a_clear_error_naming_the_artifact(tiny_package: Path, tmp_path: Path) -> None:
     package = hostile.hostile_package(tiny_package, tmp_path / "pkg", hostile.untyped_input())
     canary = Canary(tmp_path / "canary.txt", allowed=("pkg",))
-    code, lines = _verify(package)
+    code, lines, _errors = _verify(package)
     assert code == 1
     assert any("onnx/model.onnx" in line and "does not have type information" in line for line in lines)
     canary.assert_untouched()
@@ -73,7 +75,7 @@ def test_custom_op_domain_is_refused_and_no_library_is_loaded(tiny_package: Path
         tiny_package, tmp_path / "pkg", hostile.custom_domain(), custom_op_library="../libevil.so"
     )
     canary = Canary(library, allowed=("pkg",))
-    code, lines = _verify(package)
+    code, lines, _errors = _verify(package)
     assert code == 1
     assert any("com.evil" in line or "custom_op_library" in line for line in lines), lines
     canary.assert_untouched()
@@ -88,7 +90,7 @@ def test_code_loading_artifacts_of_a_foreign_package_are_never_opened(tiny_packa
     # NOTE: integrity checks read every file; a file only hashed (report.md) shows how often that is.
     only_hashed = Canary(package / "report.md", existing=True)
     watched = [Canary(package / rel, existing=True) for rel in ("torchscript/model.pt", "exported_program/model.pt2")]
-    code, lines = _verify(package, "--strict")
+    code, lines, errors = _verify(package, "--strict")
     assert code == 1
     assert "torchscript/model.pt: refused: loading it runs code" in "\n".join(lines)
     assert "--strict: not every artifact" in lines[-1]
@@ -103,7 +105,7 @@ def test_code_loading_artifacts_of_a_foreign_package_are_never_opened(tiny_packa
             (only_code / art["path"]).unlink()
     manifest["artifacts"] = [a for a in manifest["artifacts"] if a["format"] != "onnx"]
     hostile.rehash_all(only_code, manifest)
-    code, lines = _verify(only_code)
+    code, lines, _errors = _verify(only_code)
     assert code == 1 and any("no artifact could be run on this host" in line for line in lines)
 
 

@@ -54,14 +54,15 @@ def signed(tiny_package: Path, tmp_path: Path, keys: tuple[Path, Path]) -> Path:
     return package
 
 
-def _verify(package: Path, *options: str) -> tuple[int, list[str]]:
+def _verify(package: Path, *options: str) -> tuple[int, list[str], list[str]]:
+    """Exit code, every line printed, and the lines on stderr."""
     result = runner.invoke(app, ["verify", str(package), "--provider", "cpu", *options])
-    return result.exit_code, result.output.strip().splitlines()
+    return result.exit_code, result.output.strip().splitlines(), result.stderr.strip().splitlines()
 
 
 def test_signed_package_verifies_and_prints_the_manifest_digest(signed: Path, keys: tuple[Path, Path]) -> None:
     assert check_integrity(signed) == []
-    code, lines = _verify(signed, "--require-signature", "--public-key", str(keys[1]))
+    code, lines, _errors = _verify(signed, "--require-signature", "--public-key", str(keys[1]))
     assert code == 0, lines
     assert lines[0] == "signature: valid, by the key signer.pub, over manifest.json and every file"
     digest = hashlib.sha256((signed / "manifest.json").read_bytes()).hexdigest()
@@ -81,9 +82,10 @@ def test_manifest_edited_and_rehashed_fails_before_any_model_is_parsed(
     # NOTE: the signature check hashes every file; a file only ever hashed (report.md) shows how often.
     only_hashed = Canary(signed / "report.md", existing=True)
     model = Canary(signed / "onnx" / "model.onnx", existing=True)
-    code, lines = _verify(signed, "--require-signature", "--public-key", str(keys[1]))
+    code, lines, errors = _verify(signed, "--require-signature", "--public-key", str(keys[1]))
     assert code == 1
-    assert len(lines) == 1 and lines[0].startswith(f"error: {signed / SIGNATURE_FILE}: signature check failed: ")
+    assert lines == errors and len(errors) == 1
+    assert errors[0].startswith(f"error: {signed / SIGNATURE_FILE}: signature check failed: ")
     assert "manifest.json" in lines[0]
     assert model.events() == only_hashed.events(), "the model was read for more than hashing"
     canary.assert_untouched()
@@ -100,12 +102,12 @@ def test_another_key_an_added_file_and_a_missing_signature_fail(
         verify_signature(signed, public_key=keys[1])
     (signed / "extra.txt").unlink()
     (signed / SIGNATURE_FILE).unlink()
-    code, lines = _verify(signed, "--require-signature", "--public-key", str(keys[1]))
+    code, lines, errors = _verify(signed, "--require-signature", "--public-key", str(keys[1]))
     assert code == 1 and lines == [
         f"error: {signed / SIGNATURE_FILE}: missing; this package is not signed "
         "(sign it with `toolchain sign`, or drop --require-signature)"
     ]
-    code, lines = _verify(signed, "--require-signature")
+    code, lines, _errors = _verify(signed, "--require-signature")
     assert code == 1 and "not signed" in lines[0]
 
 
@@ -134,7 +136,7 @@ def test_signature_survives_pack_and_unpack(signed: Path, keys: tuple[Path, Path
     archive = pack(signed, tmp_path / "signed.zip")
     out = unpack(archive, tmp_path / "out")
     assert verify_signature(out, public_key=keys[1]).startswith("signature: valid")
-    code, lines = _verify(archive, "--require-signature", "--public-key", str(keys[1]))
+    code, lines, _errors = _verify(archive, "--require-signature", "--public-key", str(keys[1]))
     assert code == 0, lines
 
 

@@ -171,3 +171,25 @@ def test_commit_needs_finalize(tmp_path: Path) -> None:
     s = PackageStaging(tmp_path / "pkg", force=False)
     with pytest.raises(PackageError, match="finalize"):
         s.commit()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "folder"])
+def test_export_refuses_such_an_out_with_one_line(tmp_path: Path, kind: str) -> None:
+    from typer.testing import CliRunner
+
+    from toolchain.cli import app
+
+    real = _package(tmp_path / "real", "real")
+    out = tmp_path / "out"
+    if kind == "symlink":
+        out.symlink_to(real)
+    else:
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    canary = Canary(tmp_path / "canary.txt", allowed=("real", "out"))
+    result = CliRunner().invoke(app, ["export", "feed.dlrm_small", "--out", str(out), "--force"])
+    assert result.exit_code == 1
+    expected = "is a symbolic link; refusing to write through it" if kind == "symlink" else "holds no manifest.json"
+    assert result.output.count("\n") == 1 and result.output.startswith(f"error: {out}: ") and expected in result.output
+    assert _name(real) == "real" and _leftovers(tmp_path) == []
+    canary.assert_untouched()

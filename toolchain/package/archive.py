@@ -32,7 +32,7 @@ from typing import IO
 
 from toolchain.core.errors import PackageError
 from toolchain.package.format import MANIFEST, SIGNATURE_FILE, check_integrity, open_package
-from toolchain.package.staging import check_destination, exchange
+from toolchain.package.staging import check_destination, clean_stale, exchange
 
 __all__ = ["ArchiveLimits", "is_archive", "pack", "unpack", "unpacked"]
 
@@ -92,6 +92,7 @@ def unpack(archive: Path, out: Path, *, force: bool = False, limits: ArchiveLimi
     """
     archive, out = Path(archive), Path(out)
     check_destination(out, force=force)
+    clean_stale(out)
     staging = out.parent / f".{out.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         _extract(archive, staging, limits)
