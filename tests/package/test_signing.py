@@ -103,7 +103,7 @@ def test_another_key_an_added_file_and_a_missing_signature_fail(
     (signed / "extra.txt").unlink()
     (signed / SIGNATURE_FILE).unlink()
     code, lines, errors = _verify(signed, "--require-signature", "--public-key", str(keys[1]))
-    assert code == 1 and lines == [
+    assert code == 1 and lines == errors == [
         f"error: {signed / SIGNATURE_FILE}: missing; this package is not signed "
         "(sign it with `toolchain sign`, or drop --require-signature)"
     ]
