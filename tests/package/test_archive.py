@@ -138,6 +138,24 @@ def test_duplicate_or_case_colliding_names_are_refused(package: Path, tmp_path: 
     assert not (tmp_path / "out").exists()
 
 
+def test_names_equal_after_unicode_normalisation_collide(package: Path, tmp_path: Path) -> None:
+    composed, decomposed = "caf\u00e9.txt", "cafe\u0301.txt"
+    archive = _zip(tmp_path / "nfd.zip", [*_members(package), (composed, b"a"), (decomposed, b"b")])
+    with pytest.raises(PackageError, match="collides with"):
+        unpack(archive, tmp_path / "out")
+
+
+def test_a_file_and_a_folder_of_the_same_name_collide(package: Path, tmp_path: Path) -> None:
+    archive = _zip(tmp_path / "clash.zip", [*_members(package), ("data.bin/inner.txt", b"x")])
+    with pytest.raises(PackageError, match=r"member 'data.bin/inner.txt' lies under 'data.bin', which is a file"):
+        unpack(archive, tmp_path / "out")
+
+
+def test_pack_refuses_to_write_inside_the_package(package: Path) -> None:
+    with pytest.raises(PackageError, match="lies inside the package"):
+        pack(package, package / "self.zip")
+
+
 def test_compression_ratio_bomb_is_refused(tmp_path: Path) -> None:
     package = _package(tmp_path / "pkg", payload=bytes(4 << 20))
     archive = pack(package, tmp_path / "bomb.zip")

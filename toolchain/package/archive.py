@@ -2,8 +2,8 @@
 
 Unpacking refuses, before anything is written: member names that are absolute, carry a drive letter
 or a backslash, or climb out with ``..``; links, devices and anything but regular files and folders;
-duplicate names and names equal up to case; encrypted zip members; more than `ArchiveLimits.members`
-members, a declared total beyond `ArchiveLimits.total_bytes`, a compression ratio beyond
+duplicate names and names equal up to case or Unicode normalisation; encrypted zip members; more
+than `ArchiveLimits.members` members, a declared total beyond `ArchiveLimits.total_bytes`, a compression ratio beyond
 `ArchiveLimits.ratio`, and zip entries whose data overlap. While streaming, bytes are counted
 against the declared sizes and the total, so a lying header cannot write more than the limits.
 Members are written into a staging folder beside ``--out`` (created, never followed), the result is
@@ -22,6 +22,7 @@ import stat
 import struct
 import tarfile
 import tempfile
+import unicodedata
 import uuid
 import zipfile
 import zlib
@@ -67,6 +68,8 @@ def pack(package: Path, out: Path, *, force: bool = False) -> Path:
     pkg = open_package(Path(package))
     out = Path(out)
     kind = _kind(out)
+    if out.parent.resolve().is_relative_to(pkg.path.resolve()):
+        raise PackageError(f"{out}: lies inside the package {pkg.path}; write the archive elsewhere")
     _check_out_file(out, force=force)
     files = [(MANIFEST, "")] + [(str(e["path"]), str(e["sha256"])) for e in pkg.manifest["files"]]
     if (pkg.path / SIGNATURE_FILE).is_file() and not (pkg.path / SIGNATURE_FILE).is_symlink():
@@ -268,11 +271,11 @@ def _check_names(archive: Path, members: list[_Member]) -> None:
             raise _refused(archive, name, "is not a normalised relative path inside the package")
         if any(ord(c) < 32 or ord(c) == 127 for c in name):
             raise _refused(archive, name, "holds control characters")
-        key = bare.casefold()
+        key = unicodedata.normalize("NFC", bare).casefold()
         if key in seen:
-            raise _refused(archive, name, f"collides with {seen[key]!r} (duplicate or equal up to case)")
+            raise _refused(archive, name, f"collides with {seen[key]!r} (equal up to case or Unicode form)")
         seen[key] = name
-    folders = {m.name.rstrip("/").casefold() for m in members if m.is_dir}
+    folders = {unicodedata.normalize("NFC", m.name.rstrip("/")).casefold() for m in members if m.is_dir}
     for key, name in seen.items():
         parts = key.split("/")
         for depth in range(1, len(parts)):

@@ -11,6 +11,10 @@ runs the loading and replays in ``python -m toolchain.package.sandbox`` with
 
 and reads the results back as JSON lines on the child's stdout. A limit hit is a `LimitError` naming
 the artifact that was being loaded or run and the limit, with the option that raises it.
+
+The limits are POSIX resource limits: enforced on Linux; macOS ignores ``RLIMIT_AS`` (the time
+limits still hold). GPU execution providers reserve large address ranges when they start: verify an
+untrusted package on a GPU with a higher ``--max-memory``.
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ def verify_in_child(
             child.kill()
             out, err = child.communicate()
             timed_out = True
-    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    events = [event for line in out.splitlines() if isinstance(event := _event(line), dict)]
     artifact = next((e["artifact"] for e in reversed(events) if "artifact" in e), str(path))
     final = events[-1] if events else {}
     if timed_out:
@@ -111,6 +115,14 @@ def verify_in_child(
         raise _limit(artifact, _exceeded("memory", limits), "--max-memory")
     last = err.strip().splitlines()[-1] if err.strip() else "no output"
     raise PackageError(f"{artifact}: verification in a child process failed (exit status {code}): {last}")
+
+
+def _event(line: str) -> Any:
+    """One JSON line of the child's answer; anything else a library printed is skipped."""
+    try:
+        return json.loads(line) if line.startswith("{") else None
+    except ValueError:
+        return None
 
 
 def _exceeded(kind: str, limits: Limits) -> str:
