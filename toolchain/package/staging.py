@@ -46,8 +46,9 @@ _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
-_after_step: Callable[[str], None] = lambda step: None  # noqa: E731
-"""Called after each step of `PackageStaging.commit` (tests kill the process there)."""
+
+def _after_step(step: str) -> None:
+    """Called after each step of `PackageStaging.commit`; tests replace it to kill the process there."""
 
 
 class PackageStaging:
