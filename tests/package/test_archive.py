@@ -243,3 +243,16 @@ def test_verify_reads_an_archive_directly(tiny_package: Path, tmp_path: Path) ->
     evil = _zip(tmp_path / "evil.zip", [*_members(tiny_package), ("../x", b"pwned")])
     result = runner.invoke(app, ["verify", str(evil)])
     assert result.exit_code == 1 and "member '../x'" in result.output
+
+
+def test_member_count_is_checked_before_the_central_directory_is_parsed(
+    package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = _zip(tmp_path / "many.zip", [*_members(package), *((f"f{i}", b"") for i in range(50))])
+
+    def parse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the central directory was parsed before the member count was checked")
+
+    monkeypatch.setattr(zipfile, "ZipFile", parse)
+    with pytest.raises(PackageError, match="holds more than 20 members"):
+        unpack(archive, tmp_path / "out", limits=ArchiveLimits(members=20))

@@ -181,6 +181,7 @@ def _extract(archive: Path, root: Path, limits: ArchiveLimits) -> None:
 
 
 def _zip_members(archive: Path, stack: contextlib.ExitStack, limits: ArchiveLimits) -> list[_Member]:
+    _check_count(archive, _zip_declared_count(archive), limits)
     try:
         zf = stack.enter_context(zipfile.ZipFile(archive))
     except (zipfile.BadZipFile, OSError) as e:
@@ -220,6 +221,20 @@ def _zip_members(archive: Path, stack: contextlib.ExitStack, limits: ArchiveLimi
         _Member(i.filename, i.file_size, i.is_dir(), lambda i=i: zf.open(i))  # type: ignore[misc]
         for i in infos
     ]
+
+
+def _zip_declared_count(archive: Path) -> int:
+    """Entries the end-of-central-directory record declares, read before zipfile parses them all (0: unknown)."""
+    with archive.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - (1 << 16) - 22))
+        tail = f.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) < at + 22:
+        return 0
+    (count,) = struct.unpack_from("<H", tail, at + 10)
+    # NOTE: 0xFFFF means a zip64 record holds the count; zipfile reads that one, and the check after it applies.
+    return 0 if count == 0xFFFF else count
 
 
 def _tar_members(archive: Path, stack: contextlib.ExitStack, limits: ArchiveLimits) -> list[_Member]:
