@@ -3,6 +3,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -193,3 +194,32 @@ def test_export_refuses_such_an_out_with_one_line(tmp_path: Path, kind: str) -> 
     assert result.output.count("\n") == 1 and result.output.startswith(f"error: {out}: ") and expected in result.output
     assert _name(real) == "real" and _leftovers(tmp_path) == []
     canary.assert_untouched()
+
+
+_KILLED_REAL_EXPORT = """
+import os, sys
+from pathlib import Path
+from tests.conftest import TINY
+from toolchain.build.pipeline import export_package
+from toolchain.package import staging
+
+staging._after_step = lambda name: os._exit(9) if name == sys.argv[2] else None
+export_package(TINY, Path(sys.argv[1]), formats=["onnx"], optimize=False, force=True)
+os._exit(3)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", STEPS[1:])
+def test_export_force_killed_at_each_commit_step_leaves_a_complete_package(
+    tiny_package: Path, tmp_path: Path, step: str
+) -> None:
+    out = tmp_path / "pkg"
+    shutil.copytree(tiny_package, out)
+    old = json.loads((out / MANIFEST).read_text())["artifacts"]
+    run = subprocess.run([sys.executable, "-c", _KILLED_REAL_EXPORT, str(out), step], capture_output=True, text=True)
+    assert run.returncode == 9, run.stderr[-2000:]
+    assert check_integrity(out) == []
+    artifacts = [a["path"] for a in json.loads((out / MANIFEST).read_text())["artifacts"]]
+    replaced = STEPS.index(step) >= STEPS.index("exchanged")
+    assert artifacts == (["onnx/model.onnx"] if replaced else [a["path"] for a in old])
