@@ -170,7 +170,7 @@ def _write_report(result: Any, where: Path) -> Path:
 @app.command()
 @_one_line_errors
 def verify(
-    package: Annotated[Path, typer.Argument(help="Package folder to check.")],
+    package: Annotated[Path, typer.Argument(help="Package folder, or a packed one (.zip, .tar, .tar.gz), to check.")],
     trust: Annotated[
         bool,
         typer.Option(
@@ -191,11 +191,51 @@ def verify(
         bool,
         typer.Option("--strict", help="Exit 1 unless every artifact was verified (none refused or skipped)."),
     ] = False,
+    max_memory: Annotated[
+        str,
+        typer.Option(
+            "--max-memory",
+            envvar="TOOLCHAIN_MAX_MEMORY",
+            help="Memory (address space) for loading and replaying a package not exported on this machine, "
+            "in a child process.",
+        ),
+    ] = "4GiB",
+    max_time: Annotated[
+        int,
+        typer.Option(
+            "--max-time",
+            envvar="TOOLCHAIN_MAX_TIME",
+            help="CPU and wall-clock seconds for loading and replaying a package not exported on this machine.",
+        ),
+    ] = 300,
+    require_signature: Annotated[
+        bool,
+        typer.Option(
+            "--require-signature",
+            help="Fail unless the package's signature (model.sig, `toolchain sign`) verifies, before anything "
+            "else is read.",
+        ),
+    ] = False,
+    public_key: Annotated[
+        Path | None, typer.Option("--public-key", help="Check the signature with this EC public key (PEM).")
+    ] = None,
+    certificate_chain: Annotated[
+        list[Path] | None,
+        typer.Option("--certificate-chain", help="Check a certificate signature against these certificates (PEM)."),
+    ] = None,
 ) -> None:
     """Check every file's hash, then replay the golden samples; exit 1 on any failure."""
+    from toolchain.package.sandbox import Limits, parse_size
+    from toolchain.package.signing import manifest_digest, verify_signature
     from toolchain.package.verify import verify_package
 
-    report = verify_package(package, trust=trust, providers=_providers(provider))
+    limits = Limits(memory_bytes=parse_size(max_memory), seconds=max_time)
+    with _package_folder(package) as folder:
+        if require_signature or public_key is not None or certificate_chain:
+            typer.echo(verify_signature(folder, public_key=public_key, certificate_chain=certificate_chain or ()))
+        if (folder / "manifest.json").is_file():
+            typer.echo(f"manifest sha256: {manifest_digest(folder)}")
+        report = verify_package(folder, trust=trust, providers=_providers(provider), limits=limits)
     for line in report.summary_lines():
         typer.echo(line)
     if not report:
@@ -211,6 +251,87 @@ def verify(
         typer.echo(f"--strict: not every artifact of {package} was verified here (see above)", err=True)
         raise typer.Exit(1)
     typer.echo(f"partly verified: {package}: every artifact replayed here passed; the others were not checked")
+
+
+@contextlib.contextmanager
+def _package_folder(path: Path) -> Any:
+    """`path` itself, or a temporary folder `path` (an archive) was unpacked into with every protection."""
+    from toolchain.package.archive import is_archive, unpacked
+
+    if path.is_dir() or not is_archive(path):
+        yield path
+        return
+    with unpacked(path) as folder:
+        yield folder
+
+
+@app.command()
+@_one_line_errors
+def sign(
+    package: Annotated[Path, typer.Argument(help="Package folder to sign (its integrity is checked first).")],
+    key: Annotated[Path, typer.Option("--key", help="Elliptic-curve private key (PEM).")],
+    password_env: Annotated[
+        str, typer.Option("--password-env", help="Name of an environment variable holding the key's password.")
+    ] = "",
+    certificate: Annotated[
+        Path | None, typer.Option("--certificate", help="Sign with this signing certificate for --key.")
+    ] = None,
+    certificate_chain: Annotated[
+        list[Path] | None, typer.Option("--certificate-chain", help="Certificates from --certificate to a root.")
+    ] = None,
+) -> None:
+    """Sign a package's manifest and every file (OpenSSF model signing); writes PACKAGE/model.sig."""
+    from toolchain.package.signing import manifest_digest, sign_package
+
+    password = os.environ.get(password_env, "") if password_env else ""
+    written = sign_package(
+        package, private_key=key, password=password, certificate=certificate, certificate_chain=certificate_chain or ()
+    )
+    typer.echo(f"manifest sha256: {manifest_digest(package)}")
+    typer.echo(f"signed: {written}")
+
+
+@app.command()
+@_one_line_errors
+def pack(
+    package: Annotated[Path, typer.Argument(help="Package folder to pack (its integrity is checked first).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Archive to write: FILE.zip, FILE.tar or FILE.tar.gz.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing archive at --out.")] = False,
+) -> None:
+    """Write a package as one file (zip or tar) that `toolchain unpack` and `toolchain verify` read."""
+    from toolchain.package.archive import pack as pack_package
+
+    typer.echo(f"packed: {pack_package(package, out, force=force)}")
+
+
+@app.command()
+@_one_line_errors
+def unpack(
+    archive: Annotated[Path, typer.Argument(help="Packed package: FILE.zip, FILE.tar or FILE.tar.gz.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Package folder to create.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing package at --out.")] = False,
+    max_size: Annotated[
+        str, typer.Option("--max-size", help="Largest total unpacked size, e.g. 16GiB (refused while streaming).")
+    ] = "16GiB",
+    max_members: Annotated[int, typer.Option("--max-members", help="Most members an archive may hold.")] = 10_000,
+) -> None:
+    """Unpack an archive as untrusted input: no path escapes, links, duplicates or bombs; atomic."""
+    from toolchain.package.archive import ArchiveLimits
+    from toolchain.package.archive import unpack as unpack_archive
+
+    limits = ArchiveLimits(members=max_members, total_bytes=_parse_bytes(max_size, "--max-size"))
+    typer.echo(f"unpacked: {unpack_archive(archive, out, force=force, limits=limits)}")
+
+
+def _parse_bytes(text: str, option: str) -> int:
+    """``"4GiB"`` -> 4294967296 (B, KiB, MiB, GiB, TiB; KB... are the same powers of 1024); `TargetError`."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*", text, flags=re.IGNORECASE)
+    if not match:
+        raise TargetError(f"{option} takes a size like 512MiB or 4GiB, got {text!r}")
+    power = " KMGT".index(match[2].upper() or " ")
+    return int(float(match[1]) * 1024**power)
 
 
 @app.command()
@@ -237,8 +358,15 @@ def diagnose(
 
 @app.command()
 @_one_line_errors
-def inspect(package: Annotated[Path, typer.Argument(help="Package folder to describe.")]) -> None:
+def inspect(
+    package: Annotated[Path, typer.Argument(help="Package folder (or .zip, .tar, .tar.gz) to describe.")],
+) -> None:
     """Print a package's signature, artifacts and recorded parity (after checking its hashes)."""
+    with _package_folder(package) as folder:
+        _inspect(folder)
+
+
+def _inspect(package: Path) -> None:
     from toolchain.package.format import open_package
     from toolchain.package.report import runtime_label
 

@@ -8,7 +8,8 @@ import pytest
 from tests.conftest import TINY
 from toolchain.build import pipeline
 from toolchain.core.errors import ExportError, PackageError
-from toolchain.package.format import MANIFEST, check_integrity, open_package, stage_package
+from toolchain.package.format import MANIFEST, check_integrity, open_package
+from toolchain.package.staging import stage_package
 
 
 def _leftovers(parent: Path) -> list[str]:

@@ -7,6 +7,7 @@ __all__ = [
     "FeedError",
     "GateError",
     "InferenceError",
+    "LimitError",
     "PackageError",
     "ParityError",
     "RuntimeLoadError",
@@ -61,3 +62,7 @@ class PackageError(ToolchainError):
 
 class GateError(ToolchainError):
     """The parity gate cannot run: a baseline file is missing or malformed, or an executor is unavailable."""
+
+
+class LimitError(PackageError):
+    """An untrusted package's model went past the memory or time limit it is loaded and run under."""

@@ -1,4 +1,4 @@
-"""The package folder: atomic writing through a staging sibling, and integrity checks on reading.
+"""The package folder on reading: manifest, integrity checks (writing is `toolchain.package.staging`).
 
 Layout (format version 1)::
 
@@ -11,13 +11,10 @@ Layout (format version 1)::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
-import shutil
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -31,18 +28,18 @@ from toolchain.core.signature import Signature
 __all__ = [
     "MANIFEST",
     "SCHEMA_VERSION",
+    "SIGNATURE_FILE",
     "Package",
-    "PackageStaging",
     "Problem",
-    "check_destination",
     "check_integrity",
     "load_array",
     "open_package",
-    "stage_package",
 ]
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+SIGNATURE_FILE = "model.sig"
+"""The one unlisted file a package may hold: its signature (`toolchain.package.signing`), at the root."""
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -55,92 +52,6 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.file}: {self.message}"
-
-
-class PackageStaging:
-    """A temporary sibling folder that becomes the package on `commit`."""
-
-    def __init__(self, dest: Path, *, force: bool) -> None:
-        self.dest = Path(dest)
-        self.force = force
-        self.path = self.dest.parent / f".{self.dest.name}.staging-{uuid.uuid4().hex[:8]}"
-        self.path.mkdir(parents=True)
-        self.committed = False
-
-    def file(self, rel: str) -> Path:
-        """Absolute path for `rel` inside the staging folder, parents created."""
-        target = self.path / _safe_rel(rel)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return target
-
-    def save_array(self, rel: str, array: np.ndarray) -> str:
-        """Write `array` as ``.npy`` (no pickles) and return `rel`."""
-        np.save(self.file(rel), np.ascontiguousarray(array), allow_pickle=False)
-        return rel
-
-    def write_text(self, rel: str, text: str) -> str:
-        """Write UTF-8 text and return `rel`."""
-        self.file(rel).write_text(text, encoding="utf-8")
-        return rel
-
-    def write_json(self, rel: str, data: Any) -> str:
-        """Write pretty, key-sorted JSON and return `rel`."""
-        return self.write_text(rel, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-    def finalize(self, manifest: Mapping[str, Any]) -> None:
-        """Hash every staged file into `manifest` and write it; the folder is then a whole package."""
-        entries = [
-            {"path": p.relative_to(self.path).as_posix(), "size": p.stat().st_size, "sha256": _sha256(p)}
-            for p in sorted(self.path.rglob("*"))
-            if p.is_file() and p.relative_to(self.path).as_posix() != MANIFEST
-        ]
-        self.write_json(MANIFEST, {**manifest, "schema_version": SCHEMA_VERSION, "files": entries})
-
-    def commit(self) -> Path:
-        """Move the finalized folder into place, replacing an old package only when forced."""
-        if not (self.path / MANIFEST).is_file():
-            raise PackageError(f"{self.dest}: finalize() the package before committing it")
-        check_destination(self.dest, force=self.force)
-        backup = None
-        if self.dest.exists():
-            backup = self.dest.parent / f".{self.dest.name}.replaced-{uuid.uuid4().hex[:8]}"
-            self.dest.rename(backup)
-        try:
-            self.path.rename(self.dest)
-        except OSError as e:
-            if backup is not None:
-                backup.rename(self.dest)
-            raise PackageError(f"{self.dest}: could not move the finished package into place: {e}") from e
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
-        self.committed = True
-        return self.dest
-
-
-@contextlib.contextmanager
-def stage_package(dest: Path, *, force: bool = False) -> Iterator[PackageStaging]:
-    """Stage a package next to `dest`; whatever happens, nothing half-written is left behind."""
-    check_destination(dest, force=force)
-    staging = PackageStaging(Path(dest), force=force)
-    try:
-        yield staging
-    finally:
-        if not staging.committed:
-            shutil.rmtree(staging.path, ignore_errors=True)
-
-
-def check_destination(dest: Path, *, force: bool) -> None:
-    """Refuse to overwrite an existing package without `force`, and anything else ever."""
-    dest = Path(dest)
-    if not dest.exists() and not dest.is_symlink():
-        return
-    if dest.is_symlink() or not dest.is_dir():
-        raise PackageError(f"{dest}: exists and is not a package folder; choose another --out")
-    is_package = (dest / MANIFEST).is_file()
-    if not is_package and any(dest.iterdir()):
-        raise PackageError(f"{dest}: exists, is not empty and holds no {MANIFEST}; refusing to replace it")
-    if is_package and not force:
-        raise PackageError(f"{dest}: a package already exists there; pass --force to replace it")
 
 
 @dataclass(frozen=True)
@@ -225,7 +136,7 @@ def check_integrity(path: Path) -> list[Problem]:
         rel = p.relative_to(path).as_posix()
         if p.is_symlink():
             problems.append(Problem(rel, "is a symbolic link; packages hold regular files only"))
-        elif p.is_file() and rel != MANIFEST:
+        elif p.is_file() and rel not in (MANIFEST, SIGNATURE_FILE):
             present.add(rel)
     for rel in sorted(present - set(listed)):
         problems.append(Problem(rel, "is not listed in the manifest (unexpected file)"))

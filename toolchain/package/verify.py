@@ -5,7 +5,7 @@ Needs numpy and onnxruntime only; never imports torch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from toolchain.core.errors import RuntimeLoadError, ToolchainError
 from toolchain.core.parity import ParityReport, Tolerance, compare
 from toolchain.package import trust as trust_list
 from toolchain.package.format import Package, Problem, check_integrity, load_array, open_package
+from toolchain.package.sandbox import DEFAULT_LIMITS, Limits
 
 __all__ = ["ArtifactCheck", "VerificationReport", "replay", "verify_package"]
 
@@ -118,7 +119,14 @@ class VerificationReport:
         return lines
 
 
-def verify_package(path: Path, *, trust: bool = False, providers: Sequence[str] = ("auto",)) -> VerificationReport:
+def verify_package(
+    path: Path,
+    *,
+    trust: bool = False,
+    providers: Sequence[str] = ("auto",),
+    limits: Limits | None = DEFAULT_LIMITS,
+    progress: Callable[[str], None] = lambda artifact: None,
+) -> VerificationReport:
     """Check hashes and the exact file set, then replay every sample on every runnable artifact.
 
     Args:
@@ -128,11 +136,21 @@ def verify_package(path: Path, *, trust: bool = False, providers: Sequence[str] 
         providers: ONNX Runtime providers to replay ONNX artifacts on, each in turn (``cpu``,
             ``cuda``, ...). ``auto``: every accelerated provider available here, then cpu; one that
             ONNX Runtime cannot start is noted in ``unstarted``, where a named one is a failure.
+        limits: memory and time for loading and replaying the models of a package this machine did
+            not export, in a child process (`toolchain.package.sandbox`); None runs them here.
+        progress: called with each artifact's path before it is loaded.
+
+    Raises:
+        LimitError: an untrusted package's model went past `limits` (the message names it).
     """
     path = Path(path)
     problems = check_integrity(path)
     if problems:
         return VerificationReport(path, problems=tuple(problems))
+    if limits is not None and not trust_list.is_trusted(path):
+        from toolchain.package.sandbox import verify_in_child
+
+        return verify_in_child(path, trust=trust, providers=providers, limits=limits)
     package = open_package(path)
     try:
         tolerance = package.tolerance
@@ -151,6 +169,7 @@ def verify_package(path: Path, *, trust: bool = False, providers: Sequence[str] 
             own = Tolerance.from_dict(entry["tolerance"]) if "tolerance" in entry else tolerance
             task = tuple(TaskCheck.from_dict(c) for c in entry.get("checks", ()))
             sessions = _ort_runtimes(runtime, providers) if isinstance(runtime, OrtRuntime) else [(runtime, "")]
+            progress(str(entry.get("path")))
             for each, provider in sessions:
                 if provider in unstarted:
                     continue

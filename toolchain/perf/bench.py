@@ -125,8 +125,9 @@ def record_bench(report: BenchReport) -> Path:
     import json
     import shutil
 
-    from toolchain.package.format import MANIFEST, PackageStaging
+    from toolchain.package.format import MANIFEST
     from toolchain.package.report import render_markdown
+    from toolchain.package.staging import PackageStaging
 
     path = report.package
     package = open_package(path)

@@ -5,6 +5,8 @@ artifact that matched eager on the host class it was measured on, and a portable
 choice. `open_recommended` checks the package's integrity first, falls back to the portable choice
 where the fastest one runs code and the package is not trusted, and loads it exactly as it was
 timed: same provider, same planned sizes (a session planned for ``batch=16`` refuses other sizes).
+A package this machine did not export is first verified in a child process under memory and time
+limits (`toolchain.package.sandbox`), so a hostile model fails there instead of in the server.
 """
 
 from __future__ import annotations
@@ -19,12 +21,20 @@ from runtimes.ort import OrtOptions, OrtRuntime
 from toolchain.core.errors import PackageError, RuntimeLoadError
 from toolchain.package import trust as trust_list
 from toolchain.package.format import check_integrity, open_package
+from toolchain.package.sandbox import DEFAULT_LIMITS, Limits
+from toolchain.package.verify import verify_package
 
 __all__ = ["open_recommended"]
 
 
 def open_recommended(
-    path: Path, batch: int, *, trust: bool = False, portable: bool = False, options: OrtOptions | None = None
+    path: Path,
+    batch: int,
+    *,
+    trust: bool = False,
+    portable: bool = False,
+    options: OrtOptions | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Any:
     """A loaded session on the artifact recommended for `batch`.
 
@@ -34,15 +44,21 @@ def open_recommended(
         trust: allow a recommended TorchScript/``.pt2`` artifact of a package exported elsewhere.
         portable: take the ONNX Runtime choice even where a code-loading artifact was faster.
         options: ONNX Runtime options (threads, ...); provider and planned sizes come from the record.
+        limits: memory and time for the verification of a package not exported on this machine.
 
     Raises:
-        PackageError: the package is corrupted, was never benchmarked, or not at `batch`.
+        PackageError: the package is corrupted, does not verify, was never benchmarked, or not at `batch`.
+        LimitError: a package not exported here went past `limits` while it was verified.
         RuntimeLoadError: the recorded provider cannot run here (measured on another host class).
     """
     path = Path(path)
     problems = check_integrity(path)
     if problems:
         raise PackageError(f"{path}: {problems[0]}; re-export it or restore the file")
+    if not trust_list.is_trusted(path):
+        report = verify_package(path, trust=trust, providers=("cpu",), limits=limits)
+        if not report:
+            raise PackageError(f"{path}: does not verify here: {report.failure_lines()[0]}")
     package = open_package(path)
     recorded = package.manifest.get("recommended") or {}
     if not isinstance(recorded, Mapping) or not recorded:
