@@ -261,7 +261,7 @@ def _from_json(name: str, data: Any, shape: tuple[int, ...], declared: np.dtype[
     for value in flat:
         if type(value) not in kinds:
             raise RequestError(
-                400, f"input {name!r}: value {str(value)[:40]!r} is not a {_TO_OIP[str(declared)]} JSON value"
+                400, f"input {name!r}: value {repr(value)[:40]} is not a {_TO_OIP[str(declared)]} JSON value"
             )
     if declared.kind in "iu":
         info = np.iinfo(declared)

@@ -133,8 +133,11 @@ class Repository:
             for future in futures:
                 future.result()
 
-    def poll(self, only: str | None = None) -> list[Future[None]]:
-        """Look for new or changed versions (of model `only`, else all) and verify them in the background."""
+    def poll(self, only: str | None = None, *, reload: bool = False) -> list[Future[None]]:
+        """Look for new or changed versions (of model `only`, else all) and verify them in the background.
+
+        With `reload`, versions that are not ready (failed, unloaded) are verified again as well.
+        """
         futures = []
         for spec in self.scan():
             if only is not None and spec.model != only:
@@ -145,7 +148,8 @@ class Repository:
                 if model.unloaded or spec.version in model.retired:
                     continue
                 if known is not None and known.spec.fingerprint == spec.fingerprint:
-                    continue
+                    if not reload or known.state in ("ready", "loading"):
+                        continue
                 key = (spec.model, spec.version)
                 if key in self._pending and not self._pending[key].done():
                     continue
@@ -261,9 +265,10 @@ class Repository:
             model = self.models.get(name)
             if model is not None:
                 model.unloaded = False
+                model.retired.clear()
         if not any(s.model == name for s in self.scan()):
             raise RequestError(404, f"no model {name[:100]!r} in the repository")
-        for future in self.poll(only=name):
+        for future in self.poll(only=name, reload=True):
             future.result()
         return self.models[name]
 
@@ -306,7 +311,8 @@ class Repository:
         if version is not None and chosen is None:
             raise RequestError(404, f"model {name!r} has no version {version[:40]!r}")
         if chosen is None or chosen.state != "ready" or chosen.batcher is None:
-            why = f" ({chosen.state}: {chosen.reason})" if chosen is not None else ""
+            shown = [chosen] if chosen is not None else list(model.versions.values())
+            why = "".join(f"; version {v.name} {v.state}" + (f": {v.reason}" if v.reason else "") for v in shown)
             raise RequestError(503, f"model {name!r} has no ready version{why}", headers={"retry-after": "1"})
         return chosen
 
