@@ -67,10 +67,9 @@ def request(
     """A raw HTTP request (what a hostile client sends, without a client library's checks)."""
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     data = json.dumps(body).encode() if isinstance(body, dict) else body
-    try:
+    # the server may answer (413) before reading the whole body: its answer is still there to read
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         connection.request(method, path, body=data, headers=headers or {})
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the server answered before reading the whole body (413): its answer is still there
     response = connection.getresponse()
     answer = response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     connection.close()

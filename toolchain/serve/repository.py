@@ -147,9 +147,9 @@ class Repository:
                 known = model.versions.get(spec.version)
                 if model.unloaded or spec.version in model.retired:
                     continue
-                if known is not None and known.spec.fingerprint == spec.fingerprint:
-                    if not reload or known.state in ("ready", "loading"):
-                        continue
+                unchanged = known is not None and known.spec.fingerprint == spec.fingerprint
+                if unchanged and (not reload or known.state in ("ready", "loading")):  # type: ignore[union-attr]
+                    continue
                 key = (spec.model, spec.version)
                 if key in self._pending and not self._pending[key].done():
                     continue
