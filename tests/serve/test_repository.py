@@ -182,7 +182,8 @@ def test_five_swaps_under_32_clients_drop_no_request(two_models: dict[str, Path]
                 if swap == 4:
                     _place(bad, model_dir, "90")  # newer, but fails verification: never answers
                 _until(lambda v=version: repository.resolve("test.tiny").name == v, f"version {version} serving")
-                _until(lambda n=len(answers): len(answers) > n + 32, "answers from the new version")
+                seen = len(answers)
+                _until(lambda n=seen: len(answers) > n + 32, "answers from the new version")
         finally:
             stop.set()
             for thread in threads:
