@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-import zoo  # noqa: F401 - registers the zoo's models
+import zoo
 from tests.serve.conftest import samples, serving, triton_inputs
 from toolchain.build.pipeline import export_package
 from toolchain.core.parity import compare

@@ -126,7 +126,10 @@ def create_app(repository: Repository, *, token: str = "") -> FastAPI:
             raise RequestError(504, f"model {name!r} did not answer within {limits.timeout_s:g}s") from None
         except ToolchainError as e:
             raise RequestError(500, f"model {name!r} version {target.name} failed: {e}") from None
-        content, headers = encode_response(name, target.name, decoded, outputs)
+        if sum(v.nbytes for v in outputs.values()) >= _OFFLOAD_BYTES:
+            content, headers = await run_in_threadpool(encode_response, name, target.name, decoded, outputs)
+        else:
+            content, headers = encode_response(name, target.name, decoded, outputs)
         return Response(content=content, headers=headers)
 
     @app.post("/v2/models/{name}/infer")

@@ -39,6 +39,9 @@ def make_server(app: Any, *, host: str = "127.0.0.1", port: int = 8000, log_leve
         lifespan="off",
         timeout_keep_alive=5,
         h11_max_incomplete_event_size=64 << 10,
+        # NOTE: past this many open connections and tasks uvicorn answers 503 instead of accepting
+        # more: idle sockets cannot exhaust the process's file descriptors.
+        limit_concurrency=2048,
     )
     return uvicorn.Server(config)
 
