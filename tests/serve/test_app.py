@@ -91,3 +91,24 @@ def test_repository_index_unload_and_load(tiny_package: Path) -> None:
             client.load_model("test.tiny", config=json.dumps({"backend": "python"}))
         with pytest.raises(tritonclient_http.InferenceServerException, match="no model"):
             client.load_model("other")
+
+
+def test_the_cli_imports_no_server_library_and_binds_loopback_by_default() -> None:
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from toolchain.cli import app
+    from toolchain.serve.server import is_loopback
+
+    code = (
+        "import sys, toolchain.cli; print([m for m in ('fastapi', 'uvicorn', 'prometheus_client') if m in sys.modules])"
+    )
+    root = str(Path(__file__).parents[2])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip() == "[]"
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1")
+    help_text = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"}).output
+    assert "[default: 127.0.0.1]" in help_text
