@@ -98,8 +98,8 @@ def create_app(repository: Repository, *, token: str = "") -> FastAPI:
         deadline = started + limits.timeout_s
         decoded, signature = None, None
         while True:
-            runner = target.runner
-            if runner is None:
+            runner, batcher = target.runner, target.batcher
+            if runner is None or batcher is None:  # NOTE: unloaded or failed a reload since resolved
                 target = repository.resolve(name, pinned)
                 continue
             if runner.signature != signature:
@@ -110,9 +110,9 @@ def create_app(repository: Repository, *, token: str = "") -> FastAPI:
                     )
                 else:
                     decoded = decode_request(body, signature, limits, header_length=header_length)
-            assert decoded is not None and target.batcher is not None
+            assert decoded is not None
             try:
-                future = target.batcher.submit(decoded.feeds, deadline=deadline)
+                future = batcher.submit(decoded.feeds, deadline=deadline)
                 break
             except Closed:  # NOTE: swapped out since resolved: the new serving version takes it
                 target = repository.resolve(name, pinned)
