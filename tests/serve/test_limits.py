@@ -302,3 +302,28 @@ def test_row21_readiness_is_strict(tiny_package: Path, tmp_path: Path) -> None:
         assert status == 503 and b"sha256 does not match" in answer
         assert request(background, "GET", "/v2/health/ready")[0] == 503
         assert live(background)
+
+
+def test_binary_tensors_are_read_in_the_order_the_request_lists_them() -> None:
+    from toolchain.core.signature import Signature, TensorSig
+
+    signature = Signature(
+        (TensorSig("ids", "int64", ("batch", 3)), TensorSig("mask", "bool", ("batch", 3))),
+        (TensorSig("y", "float32", ("batch",)),),
+    )
+    ids, mask = np.array([[5, 6, 7]], np.int64), np.array([[True, False, True]])
+    header = {
+        "inputs": [
+            {"name": "mask", "shape": [1, 3], "datatype": "BOOL", "parameters": {"binary_data_size": 3}},
+            {"name": "ids", "shape": [1, 3], "datatype": "INT64", "parameters": {"binary_data_size": 24}},
+        ]
+    }
+    head = json.dumps(header).encode()
+    decoded = decode_request(head + mask.tobytes() + ids.tobytes(), signature, Limits(), header_length=str(len(head)))
+    assert list(decoded.feeds) == ["ids", "mask"]
+    np.testing.assert_array_equal(decoded.feeds["ids"], ids)
+    np.testing.assert_array_equal(decoded.feeds["mask"], mask)
+    with pytest.raises(RequestError, match="input 'mask': BOOL bytes must be 0 or 1"):
+        decode_request(head + b"\1\2\0" + ids.tobytes(), signature, Limits(), header_length=str(len(head)))
+    with pytest.raises(RequestError, match="1 bytes of binary data follow the last input"):
+        decode_request(head + mask.tobytes() + ids.tobytes() + b"\0", signature, Limits(), header_length=str(len(head)))

@@ -94,7 +94,9 @@ def decode_request(
     shapes = _check_shapes(by_name, signature, limits)
     feeds: dict[str, np.ndarray] = {}
     offset = 0
-    for sig in signature.inputs:
+    sigs = {t.name: t for t in signature.inputs}
+    # NOTE: binary tensors follow each other in the order the request lists its inputs, not the signature's.
+    for sig in (sigs[name] for name in by_name):
         tensor, shape = by_name[sig.name], shapes[sig.name]
         declared = _declared_dtype(tensor, sig)
         size = _param(tensor, "binary_data_size")
@@ -107,6 +109,8 @@ def decode_request(
             if offset + size > len(binary):
                 raise RequestError(400, f"input {sig.name!r}: binary data ends after {len(binary) - offset} bytes")
             raw = np.frombuffer(binary, dtype=declared.newbyteorder("<"), count=math.prod(shape), offset=offset)
+            if declared.kind == "b" and size and np.frombuffer(binary, np.uint8, size, offset).max() > 1:
+                raise RequestError(400, f"input {sig.name!r}: BOOL bytes must be 0 or 1")
             offset += size
             array = raw.reshape(shape)
         else:
@@ -114,7 +118,8 @@ def decode_request(
         feeds[sig.name] = _cast(sig.name, array, np.dtype(sig.dtype))
     if offset != len(binary):
         raise RequestError(400, f"{len(binary) - offset} bytes of binary data follow the last input; none expected")
-    return InferRequest(_request_id(request), feeds, _outputs(request, signature))
+    ordered = {name: feeds[name] for name in signature.input_names}
+    return InferRequest(_request_id(request), ordered, _outputs(request, signature))
 
 
 def encode_response(
