@@ -8,15 +8,17 @@ loopback, each sending batch-1 requests (OIP v2 JSON, the same body to every sys
   ours-nobatch ``toolchain serve --max-batch 1`` (the batching gain is ours / ours-nobatch),
   peer         a minimal uvicorn + FastAPI + ONNX Runtime handler (parse JSON, run, answer JSON),
   litserve     the same handler on LitServe, when it is installed.
-Servers run in their own processes; clients are threads with keep-alive connections.
+Servers run in their own processes; clients are keep-alive connections on threads in up to 4 processes.
 Run: ``python bench/serve.py [--seconds 3] [--clients 1,8,32] [name ...]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -27,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import zoo  # noqa: F401
 from runtimes.ort import OrtOptions, OrtRuntime
@@ -107,8 +110,8 @@ def _start(command: list[str], port: int, ready: str) -> subprocess.Popen[bytes]
     raise RuntimeError(f"{command[:4]} did not become ready")
 
 
-def _load(call: Callable[[], None], clients: int, seconds: float) -> tuple[float, float, float, int]:
-    """requests/s, p50 ms, p99 ms and failures of `clients` threads calling `call` for `seconds`."""
+def _latencies(call: Callable[[], None], clients: int, seconds: float) -> tuple[list[float], int, float]:
+    """Latencies (s) and failures of `clients` threads calling `call` for `seconds`, and the time taken."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     failures = [0]
     stop = time.monotonic() + seconds
@@ -129,14 +132,39 @@ def _load(call: Callable[[], None], clients: int, seconds: float) -> tuple[float
         thread.start()
     for thread in threads:
         thread.join()
-    every = sorted(x for mine in latencies for x in mine)
+    return [x for mine in latencies for x in mine], failures[0], time.monotonic() - began
+
+
+def _summary(latencies: list[float], failures: int, elapsed: float) -> tuple[float, float, float, int]:
+    """requests/s, p50 ms, p99 ms, failures."""
+    every = sorted(latencies)
     if not every:
-        return 0.0, float("nan"), float("nan"), failures[0]
-    elapsed = time.monotonic() - began
-    return len(every) / elapsed, 1e3 * every[len(every) // 2], 1e3 * every[int(len(every) * 0.99)], failures[0]
+        return 0.0, float("nan"), float("nan"), failures
+    return len(every) / elapsed, 1e3 * every[len(every) // 2], 1e3 * every[int(len(every) * 0.99)], failures
+
+
+def _client_process(port: int, path: str, body: bytes, clients: int, seconds: float, out: Any) -> None:
+    out.put(_latencies(_http_call(port, path, body), clients, seconds))
+
+
+def _load_http(port: int, path: str, body: bytes, clients: int, seconds: float) -> tuple[float, float, float, int]:
+    """`clients` keep-alive connections spread over up to 4 client processes (one Python client saturates first)."""
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    procs = min(clients, 4)
+    shares = [clients // procs + (i < clients % procs) for i in range(procs)]
+    workers = [context.Process(target=_client_process, args=(port, path, body, n, seconds, out)) for n in shares]
+    for worker in workers:
+        worker.start()
+    results = [out.get(timeout=seconds + 120) for _ in workers]
+    for worker in workers:
+        worker.join()
+    latencies = [x for r in results for x in r[0]]
+    return _summary(latencies, sum(r[1] for r in results), max(r[2] for r in results))
 
 
 def _http_call(port: int, path: str, body: bytes) -> Callable[[], None]:
+    """A keep-alive POST of `body` per thread."""
     local = threading.local()
 
     def call() -> None:
@@ -172,19 +200,24 @@ def bench_model(name: str, seconds: float, clients: tuple[int, ...], tmp: Path) 
     body = json.dumps({"inputs": inputs}).encode()
     onnx = opened.file(str(opened.artifacts[0]["path"]))
     session = OrtRuntime(OrtOptions()).load(onnx, signature=signature)
-    systems: dict[str, Callable[[], None]] = {"in-process": lambda: session.run(feeds)}
+    systems: dict[str, Callable[[int], tuple[float, float, float, int]]] = {
+        "in-process": lambda n: _summary(*_latencies(lambda: session.run(feeds), n, seconds))
+    }
+    warm: list[Callable[[], None]] = []
     processes = []
     infer = f"/v2/models/{name}/infer"
     cli = [sys.executable, "-m", "toolchain.cli", "serve", str(package)]
     for label, extra in (("ours", ["--max-batch", "64"]), ("ours-nobatch", ["--max-batch", "1"])):
         port = _port()
         processes.append(_start([*cli, "--port", str(port), *extra], port, "/v2/health/ready"))
-        systems[label] = _http_call(port, infer, body)
+        systems[label] = functools.partial(_load_http, port, infer, body, seconds=seconds)
+        warm.append(_http_call(port, infer, body))
     peer = tmp / "peer.py"
     peer.write_text(PEER)
     port = _port()
     processes.append(_start([sys.executable, str(peer), str(onnx), str(port)], port, "/v2/health/ready"))
-    systems["peer"] = _http_call(port, infer, body)
+    systems["peer"] = functools.partial(_load_http, port, infer, body, seconds=seconds)
+    warm.append(_http_call(port, infer, body))
     try:
         import litserve  # noqa: F401
 
@@ -192,16 +225,17 @@ def bench_model(name: str, seconds: float, clients: tuple[int, ...], tmp: Path) 
         lit.write_text(LITSERVE)
         port = _port()
         processes.append(_start([sys.executable, str(lit), str(onnx), str(port)], port, "/health"))
-        systems["litserve"] = _http_call(port, "/v2/models/m/infer", body)
+        systems["litserve"] = functools.partial(_load_http, port, "/v2/models/m/infer", body, seconds=seconds)
+        warm.append(_http_call(port, "/v2/models/m/infer", body))
     except (ImportError, RuntimeError):
         pass
     rows = []
     try:
-        for call in systems.values():
+        for call in warm:
             for _ in range(20):
                 call()
         for n in clients:
-            measured = {system: _load(call, n, seconds) for system, call in systems.items()}
+            measured = {system: run(n) for system, run in systems.items()}
             for system, (rps, p50, p99, failed) in measured.items():
                 gain = ""
                 if system == "ours":
