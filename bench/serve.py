@@ -72,15 +72,17 @@ LITSERVE = textwrap.dedent(
     class Api(ls.LitAPI):
         def setup(self, device):
             self.session = ort.InferenceSession(sys.argv[1])
-        def decode_request(self, body):
-            return {i["name"]: np.asarray(i["data"], types[i["datatype"]]).reshape(i["shape"]) for i in body["inputs"]}
+        def decode_request(self, request):
+            return {i["name"]: np.asarray(i["data"], types[i["datatype"]]).reshape(i["shape"]) for i in request["inputs"]}
         def predict(self, feeds):
             return self.session.run(None, feeds)
-        def encode_response(self, outs):
+        def encode_response(self, output):
+            outs = output
             return {"outputs": [{"name": o.name, "shape": list(v.shape), "datatype": "FP32", "data": v.ravel().tolist()}
                                 for o, v in zip(self.session.get_outputs(), outs)]}
 
-    ls.LitServer(Api(), api_path="/v2/models/m/infer", accelerator="cpu").run(port=int(sys.argv[2]))
+    if __name__ == "__main__":
+        ls.LitServer(Api(), api_path="/v2/models/m/infer", accelerator="cpu").run(port=int(sys.argv[2]))
     """
 )
 
