@@ -73,7 +73,8 @@ LITSERVE = textwrap.dedent(
         def setup(self, device):
             self.session = ort.InferenceSession(sys.argv[1])
         def decode_request(self, request):
-            return {i["name"]: np.asarray(i["data"], types[i["datatype"]]).reshape(i["shape"]) for i in request["inputs"]}
+            inputs = request["inputs"]
+            return {i["name"]: np.asarray(i["data"], types[i["datatype"]]).reshape(i["shape"]) for i in inputs}
         def predict(self, feeds):
             return self.session.run(None, feeds)
         def encode_response(self, output):
