@@ -68,6 +68,32 @@ def test_row18_chunked_body_is_cut_off_while_streaming(server: BackgroundServer)
     assert live(server)
 
 
+def test_row18_json_is_bounded_tighter_than_binary_tensors(tiny_package: Path) -> None:
+    limits = Limits(max_body_bytes=1 << 20, max_json_bytes=1 << 10)
+    with serving([tiny_package], options=ServeOptions(limits=limits)) as (_, background):
+        _refused(background, _x([1, 4], data=[0.5] * 4, id="x" * 2000), 413, "over the limit of 1024")
+        x = np.ones((7, 4), np.float32)
+        header = json.dumps(_x([7, 4], data=None, parameters={"binary_data_size": x.nbytes}))
+        header = json.dumps({"inputs": [{k: v for k, v in json.loads(header)["inputs"][0].items() if k != "data"}]})
+        status, _, answer = request(
+            background,
+            "POST",
+            INFER,
+            header.encode() + x.tobytes(),
+            headers={"Inference-Header-Content-Length": str(len(header))},
+        )
+        assert status == 200, answer
+        big = header.replace("}]}", ', "pad": "' + "p" * 2000 + '"}]}')
+        status, _, answer = request(
+            background,
+            "POST",
+            INFER,
+            big.encode() + x.tobytes(),
+            headers={"Inference-Header-Content-Length": str(len(big))},
+        )
+        assert status == 413 and b"binary tensor data extension" in answer
+
+
 def test_row18_huge_numbers_and_deep_nesting(server: BackgroundServer) -> None:
     digits = b"9" * 1_000_000  # under the body limit: refused by the JSON parser's digit limit
     _refused(server, b'{"inputs": [{"name": "x", "shape": [1, 4], "data": [' + digits + b"]}]}", 400, "not valid JSON")

@@ -93,8 +93,10 @@ def create_app(repository: Repository, *, token: str = "") -> FastAPI:
         return answer
 
     async def _infer(request: Request, target: ModelVersion, name: str, pinned: str | None, started: float) -> Response:
-        body = await _read_body(request, limits.max_body_bytes, limits.body_timeout_s)
         header_length = request.headers.get(HEADER_LENGTH)
+        # NOTE: without the binary extension the whole body is JSON, bounded tighter (see Limits)
+        most = limits.max_body_bytes if header_length is not None else min(limits.max_body_bytes, limits.max_json_bytes)
+        body = await _read_body(request, most, limits.body_timeout_s)
         deadline = started + limits.timeout_s
         decoded, signature = None, None
         while True:

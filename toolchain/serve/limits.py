@@ -36,6 +36,8 @@ class Limits:
 
     Args:
         max_body_bytes: request body size, counted while it streams in (also without Content-Length).
+        max_json_bytes: the JSON part of a request (all of it without the binary extension): parsed
+            JSON costs about 10x its size in Python objects, raw binary tensors 1x.
         max_elements: total tensor elements of one request, checked from the declared shapes before any
             tensor is allocated.
         max_queue: requests waiting or running per model version; one more gets 503 with Retry-After.
@@ -45,6 +47,7 @@ class Limits:
     """
 
     max_body_bytes: int = 64 << 20
+    max_json_bytes: int = 8 << 20
     max_elements: int = 1 << 24
     max_queue: int = 256
     timeout_s: float = 30.0
@@ -52,7 +55,7 @@ class Limits:
     retry_after_s: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_elements", "max_queue", "retry_after_s"):
+        for name in ("max_body_bytes", "max_json_bytes", "max_elements", "max_queue", "retry_after_s"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"Limits.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("timeout_s", "body_timeout_s"):

@@ -84,6 +84,12 @@ def decode_request(
         header_length: the ``Inference-Header-Content-Length`` header, when the binary extension is used.
     """
     header, binary = _split(body, header_length)
+    if len(header) > limits.max_json_bytes:
+        raise RequestError(
+            413,
+            f"the request's JSON is {len(header)} bytes, over the limit of {limits.max_json_bytes}; "
+            "send large tensors with the binary tensor data extension",
+        )
     request = _parse_json(header)
     if not isinstance(request, dict):
         raise RequestError(400, "request body must be a JSON object with 'inputs'")
