@@ -83,7 +83,8 @@ LITSERVE = textwrap.dedent(
                                 for o, v in zip(self.session.get_outputs(), outs)]}
 
     if __name__ == "__main__":
-        ls.LitServer(Api(), api_path="/v2/models/m/infer", accelerator="cpu").run(port=int(sys.argv[2]))
+        server = ls.LitServer(Api(), api_path="/v2/models/m/infer", accelerator="cpu")
+        server.run(port=int(sys.argv[2]), generate_client_file=False)
     """
 )
 
@@ -96,7 +97,9 @@ def _port() -> int:
 
 def _start(command: list[str], port: int, ready: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # NOTE: in the temporary folder: a server must leave nothing behind in the checkout
+    cwd = tempfile.gettempdir()
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
