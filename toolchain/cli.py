@@ -623,6 +623,89 @@ def gate(
         raise typer.Exit(1)
 
 
+@app.command()
+@_one_line_errors
+def serve(
+    packages: Annotated[list[Path] | None, typer.Argument(help="Package folders to serve.")] = None,
+    repository: Annotated[
+        Path | None, typer.Option("--repository", help="Serve every DIR/<model>/<version>/ package folder.")
+    ] = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on; loopback unless you choose.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    watch: Annotated[
+        float, typer.Option("--watch", help="Poll the repository every N seconds for new versions (0: off).")
+    ] = 0.0,
+    trust: Annotated[
+        bool, typer.Option("--trust", help="Allow a recommended TorchScript/.pt2 artifact (loading it runs code).")
+    ] = False,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file", help="Require 'Authorization: Bearer <token>' (also $TOOLCHAIN_SERVE_TOKEN) off health."
+        ),
+    ] = None,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Dynamic batching up to N rows (1: off).")] = 64,
+    max_delay_ms: Annotated[float, typer.Option("--max-delay-ms", help="Wait for more requests to batch.")] = 0.0,
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body.")] = 64.0,
+    max_elements: Annotated[int, typer.Option("--max-elements", help="Most tensor elements per request.")] = 1 << 24,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Requests waiting per version; more get 503.")] = 256,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per request; past it, 504.")] = 30.0,
+    provider: Annotated[str, typer.Option("--provider", help="ONNX Runtime providers: auto, cpu, cuda, ...")] = "auto",
+    ray: Annotated[bool, typer.Option("--ray", help="Deploy as a Ray Serve application instead.")] = False,
+    replicas: Annotated[int, typer.Option("--replicas", help="Ray Serve: replicas (or the autoscaling minimum).")] = 1,
+    max_replicas: Annotated[int, typer.Option("--max-replicas", help="Ray Serve: autoscale up to N replicas.")] = 0,
+) -> None:
+    """Serve verified packages over the Open Inference Protocol v2 (KServe v2 / Triton HTTP)."""
+    from toolchain.serve.limits import Limits
+    from toolchain.serve.repository import ServeOptions
+
+    if not packages and repository is None:
+        raise TargetError("give PACKAGE folders or --repository DIR to serve")
+    token = os.environ.get("TOOLCHAIN_SERVE_TOKEN", "")
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise TargetError(f"--token-file {token_file}: cannot read it ({e})") from None
+    limits = Limits(
+        max_body_bytes=int(max_body_mb * (1 << 20)), max_elements=max_elements, max_queue=max_queue, timeout_s=timeout
+    )
+    options = ServeOptions(
+        limits=limits, trust=trust, max_batch=max_batch, max_delay_s=max_delay_ms / 1000, providers=_providers(provider)
+    )
+    if ray:
+        from toolchain.serve.ray_app import deploy
+
+        deploy(list(packages or []), root=repository, options=options, host=host, port=port, token=token,
+               replicas=replicas, max_replicas=max_replicas)  # fmt: skip
+        return
+    from toolchain.serve.server import serve as run_server
+
+    run_server(list(packages or []), root=repository, options=options, host=host, port=port, token=token,
+               watch_s=watch)  # fmt: skip
+
+
+@app.command()
+@_one_line_errors
+def triton(
+    package: Annotated[Path, typer.Argument(help="Package folder to publish.")],
+    repository: Annotated[Path, typer.Option("--repository", help="Triton model repository to write into.")],
+    max_batch: Annotated[int, typer.Option("--max-batch", help="max_batch_size (capped at the verified range).")] = 64,
+    max_delay_us: Annotated[int, typer.Option("--max-delay-us", help="Dynamic batching queue delay.")] = 100,
+    instances: Annotated[int, typer.Option("--instances", help="Model instances (CPU).")] = 1,
+    force: Annotated[bool, typer.Option("--force", help="Replace this version if it exists.")] = False,
+) -> None:
+    """Verify a package, then write it as a Triton model (config.pbtxt + the ONNX artifact)."""
+    from toolchain.serve.triton import write_triton_model
+
+    where = write_triton_model(
+        package, repository, max_batch=max_batch, max_delay_us=max_delay_us, instances=instances, force=force
+    )
+    typer.echo(f"wrote {where}")
+
+
 def _resolve_target(target: str) -> ModelSpec:
     """The spec TARGET names; for a bare name the zoo is imported first so that its names resolve."""
     from toolchain.core.target import resolve_target
