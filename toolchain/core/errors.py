@@ -6,6 +6,7 @@ __all__ = [
     "ExportError",
     "FeedError",
     "GateError",
+    "HostError",
     "InferenceError",
     "PackageError",
     "ParityError",
@@ -61,3 +62,7 @@ class PackageError(ToolchainError):
 
 class GateError(ToolchainError):
     """The parity gate cannot run: a baseline file is missing or malformed, or an executor is unavailable."""
+
+
+class HostError(ToolchainError):
+    """A verifier host (Node.js, a browser, C++) is missing what it needs or could not run."""

@@ -1,0 +1,1 @@
+"""Verifiers of a package outside Python: Node.js, a browser and C++, driven from Python."""
