@@ -35,7 +35,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.package = package
         super().__init__(*args, **kwargs)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the verifier's result says what happened."""
 
     def do_GET(self) -> None:

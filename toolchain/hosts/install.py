@@ -55,7 +55,11 @@ def node_modules() -> Path:
     with _locked(target) as stamp:
         wanted = _digest(sources)
         modules = target / "node_modules"
-        if _read(stamp) == wanted and (modules / "onnxruntime-node").is_dir() and (modules / "onnxruntime-web").is_dir():
+        if (
+            _read(stamp) == wanted
+            and (modules / "onnxruntime-node").is_dir()
+            and (modules / "onnxruntime-web").is_dir()
+        ):
             return modules
         for source in sources:
             shutil.copyfile(source, target / source.name)
@@ -86,7 +90,7 @@ def cpp_verifier() -> Path:
     require("g++", "a C++ compiler", "apt-get install -y g++")
     torch_dir = _torch_dir()
     target = hosts_home() / "cpp"
-    sources = sorted((SOURCE / "cpp").glob("*.[ch]pp")) + [SOURCE / "cpp" / "CMakeLists.txt"]
+    sources = [*sorted((SOURCE / "cpp").glob("*.[ch]pp")), SOURCE / "cpp" / "CMakeLists.txt"]
     with _locked(target) as stamp:
         wanted = _digest(sources, extra=f"{torch_dir}:{metadata.version('torch')}")
         binary = target / "build" / "toolchain_verify"

@@ -75,18 +75,31 @@ def from_json(text: str, *, host: str, package: Path) -> HostResult:
             }
             passed = not entry.get("error") and bool(entry["samples"]) and all(s["passed"] for s in entry["samples"])
             artifacts.append(ArtifactOutcome(str(entry["path"]), passed, worst))
+        runtime = str(data["runtime"])
+        summary = [
+            f"{a.path} on {runtime}: {sum(_passed(s) for s in e['samples'])}/{len(e['samples'])} sample sets passed "
+            f"(worst error at {a.worst_ratio:.3g}x of the allowed)"
+            for a, e in zip(artifacts, data["artifacts"], strict=True)
+        ]
         return HostResult(
             host=host,
-            runtime=str(data["runtime"]),
+            runtime=runtime,
             package=package,
             passed=bool(data["passed"]),
             artifacts=tuple(artifacts),
             failures=tuple(str(line) for line in data["failures"]),
+            summary=tuple(summary),
             skipped=tuple(str(p) for p in data["skipped"]),
             refused=tuple(str(p) for p in data.get("refused", ())),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise HostError(f"{host} verifier wrote no readable result ({type(e).__name__}: {e}); see its output above") from e
+        raise HostError(
+            f"{host} verifier wrote no readable result ({type(e).__name__}: {e}); see its output above"
+        ) from e
+
+
+def _passed(sample: Any) -> bool:
+    return bool(sample["passed"])
 
 
 def from_report(report: VerificationReport) -> HostResult:
