@@ -153,7 +153,7 @@ def test_missing_node_is_a_clear_error(hosts_package: Path, tmp_path: Path, monk
 
 def test_missing_chromium_is_a_clear_error(hosts_package: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TOOLCHAIN_CHROMIUM", str(tmp_path / "no-chromium"))
-    with pytest.raises(HostError, match="TOOLCHAIN_CHROMIUM=.* is not a file"):
+    with pytest.raises(HostError, match=r"TOOLCHAIN_CHROMIUM=.* is not a file"):
         verify_on("browser", hosts_package)
 
 

@@ -37,7 +37,7 @@ def bench_cpp(package: Path, model: str, feeds: Path, *, threads: int, runs: int
     """Median latency of TorchScript `model` on the ``.npy`` feeds in folder `feeds` (a trusted package)."""
     with tempfile.TemporaryDirectory(prefix="toolchain-cpp-") as tmp:
         out = Path(tmp) / "bench.json"
-        args = [str(Path(package).resolve()), "--bench", str(feeds), "--model", model, "--json", str(out)]
+        args = [str(Path(package).resolve()), "--bench", str(feeds), "--model", model, "--json", str(out), "--trust"]
         proc = _run([*args, "--runs", str(runs), "--threads", str(threads)], timeout=600)
         if proc.returncode != 0 or not out.is_file():
             raise HostError(f"C++ bench of {model} failed (exit {proc.returncode}): {_tail(proc)}")

@@ -320,6 +320,7 @@ int verify(const Args& args) {
 }
 
 int bench(const Args& args) {
+  if (!args.trust) throw std::runtime_error("--bench loads TorchScript, which runs code: pass --trust for a package you exported");
   Json manifest;
   std::vector<Problem> problems = check_integrity(args.package, manifest);
   if (!problems.empty()) throw std::runtime_error(problems[0].file + ": " + problems[0].message);
