@@ -57,6 +57,7 @@ def test_host_fails_a_flipped_byte_naming_the_file(host: str, package_copy: Path
     result = _verify(host, package_copy, tmp_path)
     assert not result
     assert any(line.startswith(target) and "sha256" in line for line in result.failures), result.failures
+    assert result.problems == (f"{target}: sha256 does not match the manifest (file changed or corrupted)",)
     assert result.artifacts == ()
 
 
@@ -66,6 +67,7 @@ def test_host_fails_an_unlisted_file(host: str, package_copy: Path, tmp_path: Pa
     result = _verify(host, package_copy, tmp_path)
     assert not result
     assert any("samples/extra.npy" in line and "not listed" in line for line in result.failures), result.failures
+    assert result.problems == ("samples/extra.npy: is not listed in the manifest (unexpected file)",)
 
 
 def _scale_onnx(package: Path) -> str:
@@ -104,6 +106,7 @@ def test_host_fails_a_scaled_weight_with_valid_hashes_naming_output_and_sample(
     # NOTE: a re-hashed manifest is no longer the one this machine exported, so TorchScript needs --trust.
     result = _verify(host, package_copy, tmp_path, trust=True)
     assert not result
+    assert result.problems == ()
     lines = [line for line in result.failures if line.startswith(rel)]
     assert any("output 'probability' on sample 'batch-17'" in line for line in lines), result.failures
     assert not result.outcome(rel).passed

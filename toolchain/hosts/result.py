@@ -40,6 +40,8 @@ class HostResult:
     artifacts: tuple[ArtifactOutcome, ...] = ()
     failures: tuple[str, ...] = ()
     """One line per failure, naming the file, output and sample."""
+    problems: tuple[str, ...] = ()
+    """Integrity problems (file set, sizes, hashes, manifest): nothing was replayed when there are any."""
     summary: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()
     """Artifacts of formats this host does not run."""
@@ -88,6 +90,7 @@ def from_json(text: str, *, host: str, package: Path) -> HostResult:
             passed=bool(data["passed"]),
             artifacts=tuple(artifacts),
             failures=tuple(str(line) for line in data["failures"]),
+            problems=tuple(f"{p['file']}: {p['message']}" for p in data["problems"]),
             summary=tuple(summary),
             skipped=tuple(str(p) for p in data["skipped"]),
             refused=tuple(str(p) for p in data.get("refused", ())),
@@ -121,6 +124,7 @@ def from_report(report: VerificationReport) -> HostResult:
         passed=bool(report),
         artifacts=tuple(artifacts),
         failures=tuple(report.failure_lines()) if not report else (),
+        problems=tuple(str(p) for p in report.problems),
         summary=tuple(report.summary_lines()),
         skipped=report.skipped,
         refused=report.refused,

@@ -62,10 +62,6 @@ def host_table(results: Sequence[HostResult]) -> list[str]:
                 cell = "-"
             cells.append(f"{cell:<12}")
         lines.append(f"{path:<{width}}  " + "  ".join(cells))
-    integrity = ["intact" if not _integrity_failed(r) else "CORRUPT" for r in results]
+    integrity = ["CORRUPT" if r.problems else "intact" for r in results]
     lines.append(f"{'(files and hashes)':<{width}}  " + "  ".join(f"{c:<12}" for c in integrity))
     return lines
-
-
-def _integrity_failed(result: HostResult) -> bool:
-    return not result.passed and not result.artifacts and bool(result.failures)
