@@ -1,12 +1,13 @@
 """Every zoo model verified on every host, and its inference latency per host relative to Python ONNX Runtime.
 
-For each model: export a package (ONNX fp32 + fp16, TorchScript script + trace) into ``--out``; verify it
+For each model: export a package (``--formats``: both ONNX paths and both TorchScript paths; ``--precisions``:
+fp32, fp16 and int8 variants) into ``--out``; verify it
 on ``python``, ``node`` (onnxruntime-node), ``browser`` (onnxruntime-web, WebAssembly, headless Chromium)
 and ``cpp`` (TorchScript in libtorch), printing the verdict and seconds per host; then, at batch 1 and
 16, time ``onnx/model.onnx`` in Python ONNX Runtime, Node and the browser and ``torchscript/model.pt`` in
 C++, all with ``--threads`` intra-op threads, and print each host's median latency over Python's
 (``2.0x`` = twice as slow). Feeds at a batch are rows of the package's ``export`` sample repeated.
-Run: ``python bench/hosts.py [--models face.match_lr,...] [--threads 1] [--runs 30]``.
+Run: ``python bench/hosts.py [--models face.match_lr,...] [--threads 1] [--runs 30]`` (``--batches ''``: verify only).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from toolchain.hosts.cpp import bench_cpp
 from toolchain.hosts.node import bench_node
 from toolchain.package.format import load_array, open_package
 
-FORMATS = ("onnx", "torchscript", "torchscript_trace")
+FORMATS = "onnx,onnx_legacy,torchscript,torchscript_trace"
 
 
 def batch_feeds(package: Path, batch: int, folder: Path) -> bool:
@@ -91,16 +92,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--formats", default=FORMATS)
+    parser.add_argument("--precisions", default="fp32,fp16,int8")
     args = parser.parse_args()
     names = args.models.split(",") if args.models else list(SPECS.names())
-    batches = [int(b) for b in args.batches.split(",")]
+    batches = [int(b) for b in args.batches.split(",") if b]
+    formats, precisions = args.formats.split(","), args.precisions.split(",")
     with tempfile.TemporaryDirectory(prefix="bench-hosts-") as tmp:
         out = args.out or Path(tmp)
         rows: list[tuple[str, int, float, dict[str, Any]]] = []
         for name in names:
             package = out / name
             start = time.perf_counter()
-            result = export_package(SPECS.get(name), package, formats=FORMATS, precisions=("fp32", "fp16"), force=True)
+            result = export_package(SPECS.get(name), package, formats=formats, precisions=precisions, force=True)
             if not result:
                 print(f"{name}: export failed at {result.failed_stage}", flush=True)
                 continue
