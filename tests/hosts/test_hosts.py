@@ -70,6 +70,13 @@ def test_host_fails_an_unlisted_file(host: str, package_copy: Path, tmp_path: Pa
     assert result.problems == ("samples/extra.npy: is not listed in the manifest (unexpected file)",)
 
 
+def test_host_escapes_control_characters_in_file_names(package_copy: Path, tmp_path: Path) -> None:
+    (package_copy / "samples" / "evil\x1b[31m.npy").write_bytes(b"x")
+    result = _verify("node", package_copy, tmp_path)
+    assert result.problems == ("samples/evil\\x1b[31m.npy: is not listed in the manifest (unexpected file)",)
+    assert not any("\x1b" in line for line in result.failures)
+
+
 def _scale_onnx(package: Path) -> str:
     rel = "onnx/model.onnx"
     model = onnx.load(str(package / rel))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,14 @@ class HostResult:
         return next((a for a in self.artifacts if a.path == path), None)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(text: Any) -> str:
+    """`text` with control characters escaped (a file name from a package may carry terminal escapes)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
+
+
 def _number(value: Any) -> float:
     # NOTE: JSON has no Infinity or NaN; the JS and C++ verifiers spell them as strings.
     return float(value) if isinstance(value, int | float | str) else float("nan")
@@ -89,11 +98,11 @@ def from_json(text: str, *, host: str, package: Path) -> HostResult:
             package=package,
             passed=bool(data["passed"]),
             artifacts=tuple(artifacts),
-            failures=tuple(str(line) for line in data["failures"]),
-            problems=tuple(f"{p['file']}: {p['message']}" for p in data["problems"]),
+            failures=tuple(_printable(line) for line in data["failures"]),
+            problems=tuple(_printable(f"{p['file']}: {p['message']}") for p in data["problems"]),
             summary=tuple(summary),
-            skipped=tuple(str(p) for p in data["skipped"]),
-            refused=tuple(str(p) for p in data.get("refused", ())),
+            skipped=tuple(_printable(p) for p in data["skipped"]),
+            refused=tuple(_printable(p) for p in data.get("refused", ())),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise HostError(
@@ -123,8 +132,8 @@ def from_report(report: VerificationReport) -> HostResult:
         package=report.package,
         passed=bool(report),
         artifacts=tuple(artifacts),
-        failures=tuple(report.failure_lines()) if not report else (),
-        problems=tuple(str(p) for p in report.problems),
+        failures=tuple(_printable(line) for line in report.failure_lines()) if not report else (),
+        problems=tuple(_printable(p) for p in report.problems),
         summary=tuple(report.summary_lines()),
         skipped=report.skipped,
         refused=report.refused,
