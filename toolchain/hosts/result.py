@@ -92,6 +92,11 @@ def from_json(text: str, *, host: str, package: Path) -> HostResult:
             f"(worst error at {a.worst_ratio:.3g}x of the allowed)"
             for a, e in zip(artifacts, data["artifacts"], strict=True)
         ]
+        summary += [f"{_printable(p)}: skipped, this host does not run its format" for p in data["skipped"]]
+        summary += [
+            f"{_printable(p)}: refused: loading it runs code; pass --trust if you trust where it came from"
+            for p in data.get("refused", ())
+        ]
         return HostResult(
             host=host,
             runtime=runtime,
