@@ -24,6 +24,7 @@ from toolchain.hosts.result import HostResult, from_json
 
 __all__ = ["bench_browser", "serve_package", "verify_browser"]
 
+_START_MS = 180_000
 _TYPES = {".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm"}
 
 
@@ -123,10 +124,13 @@ def _run_page(url: str, *, screenshot: Path | None, timeout: float) -> str:
     try:
         with sync_playwright() as p:
             # NOTE: --no-sandbox: Chromium's sandbox refuses to start as root, which CI runs as.
-            browser = p.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+            # NOTE: generous start-up limits: on a loaded 2-core CI machine Chromium can take tens of seconds.
+            browser = p.chromium.launch(
+                executable_path=executable, headless=True, args=["--no-sandbox"], timeout=_START_MS
+            )
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 900})
-                page.goto(url)
+                page.goto(url, timeout=_START_MS)
                 page.wait_for_function("window.__toolchainDone === true", timeout=timeout * 1000)
                 error = page.evaluate("window.__toolchainError || ''")
                 if screenshot is not None:
