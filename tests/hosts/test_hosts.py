@@ -11,7 +11,7 @@ import pytest
 from onnx import numpy_helper
 
 from tests.conftest import rehash
-from toolchain.core.errors import HostError
+from toolchain.core.errors import HostError, PackageError
 from toolchain.hosts import HostResult, verify_on
 from toolchain.hosts.result import from_report
 from toolchain.package.verify import verify_package
@@ -153,6 +153,12 @@ def test_cpp_refuses_torchscript_of_an_untrusted_package(hosts_package: Path, tm
     assert not result
     assert sorted(result.refused) == sorted(_artifacts(hosts_package, "torchscript"))
     assert verify_on("cpp", hosts_package, trust=True)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_missing_package_folder_is_a_package_error(host: str, tmp_path: Path) -> None:
+    with pytest.raises(PackageError, match="nope: no such package folder"):
+        verify_on(host, tmp_path / "nope")
 
 
 def test_missing_node_is_a_clear_error(hosts_package: Path, tmp_path: Path, monkeypatch) -> None:

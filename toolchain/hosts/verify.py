@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from toolchain.core.errors import HostError
+from toolchain.core.errors import HostError, PackageError
 from toolchain.hosts.result import HostResult, from_report
 
 __all__ = ["HOSTS", "host_table", "verify_on"]
@@ -20,8 +20,13 @@ def verify_on(
 
     Raises:
         HostError: for an unknown host, or one that is missing something (the message names it).
+        PackageError: when `package` is not a folder.
     """
     package = Path(package)
+    if host not in HOSTS:
+        raise HostError(f"unknown host {host!r}; choose one of {', '.join(HOSTS)} or all")
+    if not package.is_dir():
+        raise PackageError(f"{package}: no such package folder")
     if host == "python":
         from toolchain.package.verify import verify_package
 
@@ -34,11 +39,9 @@ def verify_on(
         from toolchain.hosts.browser import verify_browser
 
         return verify_browser(package, threads=threads, screenshot=screenshot)
-    if host == "cpp":
-        from toolchain.hosts.cpp import verify_cpp
+    from toolchain.hosts.cpp import verify_cpp
 
-        return verify_cpp(package, trust=trust, threads=threads)
-    raise HostError(f"unknown host {host!r}; choose one of {', '.join(HOSTS)} or all")
+    return verify_cpp(package, trust=trust, threads=threads)
 
 
 def host_table(results: Sequence[HostResult]) -> list[str]:
