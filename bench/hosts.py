@@ -129,6 +129,8 @@ def main() -> None:
                 rows.append((name, batch, base, ratios))
                 cells = "  ".join(f"{h} {r:.2f}x" if isinstance(r, float) else f"{h} {r}" for h, r in ratios.items())
                 print(f"{name} batch {batch}: python-ort {base:.3f} ms  {cells}", flush=True)
+    if not rows:
+        return
     print(f"\nlatency relative to Python ONNX Runtime ({args.threads} thread(s); >1 is slower; cpp runs TorchScript)")
     print(f"{'model':<28} {'batch':>5} {'python ms':>10} {'node':>7} {'browser':>8} {'cpp':>7}")
     for name, batch, base, ratios in rows:
