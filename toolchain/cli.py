@@ -223,8 +223,20 @@ def verify(
         list[Path] | None,
         typer.Option("--certificate-chain", help="Check a certificate signature against these certificates (PEM)."),
     ] = None,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Where to verify: python (here), node (onnxruntime-node), browser (onnxruntime-web in headless "
+            "Chromium), cpp (TorchScript in libtorch), or all (a host x artifact table). Installs or builds what a "
+            "host needs on first use.",
+        ),
+    ] = "python",
 ) -> None:
     """Check every file's hash, then replay the golden samples; exit 1 on any failure."""
+    if host != "python":
+        _verify_on_hosts(package, host=host, trust=trust)
+        return
     from toolchain.package.sandbox import Limits, parse_size
     from toolchain.package.signing import manifest_digest, verify_signature
     from toolchain.package.verify import verify_package
@@ -332,6 +344,26 @@ def _parse_bytes(text: str, option: str) -> int:
         raise TargetError(f"{option} takes a size like 512MiB or 4GiB, got {text!r}")
     power = " KMGT".index(match[2].upper() or " ")
     return int(float(match[1]) * 1024**power)
+
+
+def _verify_on_hosts(package: Path, *, host: str, trust: bool) -> None:
+    """``verify --host``: one host's lines, or with ``all`` every host and a host x artifact table."""
+    from toolchain.hosts import HOSTS, host_table, verify_on
+
+    results = [verify_on(name, package, trust=trust) for name in (HOSTS if host == "all" else (host,))]
+    for result in results:
+        for line in result.summary:
+            typer.echo(f"[{result.host}] {line}")
+        for line in result.failures:
+            typer.echo(f"FAIL [{result.host}] {line}", err=True)
+    if host == "all":
+        for line in host_table(results):
+            typer.echo(line)
+    failed = [r.host for r in results if not r]
+    if failed:
+        typer.echo(f"not verified on {', '.join(failed)}: {package}")
+        raise typer.Exit(1)
+    typer.echo(f"verified on {', '.join(r.host for r in results)}: {package}")
 
 
 @app.command()

@@ -6,6 +6,7 @@ __all__ = [
     "ExportError",
     "FeedError",
     "GateError",
+    "HostError",
     "InferenceError",
     "LimitError",
     "PackageError",
@@ -66,3 +67,7 @@ class GateError(ToolchainError):
 
 class LimitError(PackageError):
     """An untrusted package's model went past the memory or time limit it is loaded and run under."""
+
+
+class HostError(ToolchainError):
+    """A verifier host (Node.js, a browser, C++) is missing what it needs or could not run."""
