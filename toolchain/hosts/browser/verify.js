@@ -8,7 +8,7 @@
 import * as ort from "/ort/ort.wasm.min.mjs";
 import { parseNpy } from "/js/npy.mjs";
 import { g } from "/js/parity.mjs";
-import { failureLines, toJson, verifyPackage } from "/js/verify-core.mjs";
+import { failureLines, runOrt, toJson, verifyPackage } from "/js/verify-core.mjs";
 
 const params = new URLSearchParams(location.search);
 const threads = Number(params.get("threads") || 1);
@@ -41,14 +41,7 @@ function webRuntime() {
         .map((f) => ({ path: f.slice(dir.length), data: `/pkg/${f}` }));
       return ort.InferenceSession.create(await io.read(entry.path), externalData.length ? { ...options, externalData } : options);
     },
-    run: async (session, feeds) => {
-      const tensors = {};
-      for (const [name, a] of Object.entries(feeds)) tensors[name] = new ort.Tensor(a.dtype, a.data, a.shape);
-      const out = await session.run(tensors);
-      const arrays = {};
-      for (const [name, t] of Object.entries(out)) arrays[name] = { dtype: t.type, shape: Array.from(t.dims), data: t.data };
-      return arrays;
-    },
+    run: (session, feeds) => runOrt(ort, session, feeds),
     release: (session) => session.release(),
   };
 }

@@ -191,3 +191,13 @@ export function summaryLines(result) {
 export function toJson(result) {
   return JSON.stringify(result, (key, value) => (typeof value === "number" && !Number.isFinite(value) ? String(value).toLowerCase().replace("infinity", "inf") : value), 1);
 }
+
+/** Run an onnxruntime (node or web) session on feeds of {dtype, shape, data}; outputs in the same form. */
+export async function runOrt(ort, session, feeds) {
+  const tensors = {};
+  for (const [name, a] of Object.entries(feeds)) tensors[name] = new ort.Tensor(a.dtype, a.data, a.shape);
+  const out = await session.run(tensors);
+  const arrays = {};
+  for (const [name, t] of Object.entries(out)) arrays[name] = { dtype: t.type, shape: Array.from(t.dims), data: t.data };
+  return arrays;
+}

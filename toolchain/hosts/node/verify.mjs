@@ -12,7 +12,7 @@ import { createRequire } from "node:module";
 import { join } from "node:path";
 
 import { parseNpy } from "../js/npy.mjs";
-import { failureLines, summaryLines, toJson, verifyPackage } from "../js/verify-core.mjs";
+import { failureLines, runOrt, summaryLines, toJson, verifyPackage } from "../js/verify-core.mjs";
 
 function parseArgs(argv) {
   const args = { package: "", modules: "", json: "", threads: 1, bench: "", model: "", runs: 20 };
@@ -58,14 +58,7 @@ function onnxRuntime(ort, root, threads) {
     name: `onnxruntime-node ${ort.env.versions.node}`,
     formats: ["onnx"],
     load: (entry) => ort.InferenceSession.create(join(root, entry.path), options),
-    run: async (session, feeds) => {
-      const tensors = {};
-      for (const [name, a] of Object.entries(feeds)) tensors[name] = new ort.Tensor(a.dtype, a.data, a.shape);
-      const out = await session.run(tensors);
-      const arrays = {};
-      for (const [name, t] of Object.entries(out)) arrays[name] = { dtype: t.type, shape: Array.from(t.dims), data: t.data };
-      return arrays;
-    },
+    run: (session, feeds) => runOrt(ort, session, feeds),
     release: (session) => session.release(),
   };
 }
