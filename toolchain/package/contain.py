@@ -95,6 +95,8 @@ def read_contents(path: Path) -> Contents:
         os.close(root)
     out.problems += [Problem(rel, "is listed in the manifest but missing") for rel in listed if rel not in out.seen]
     external: list[Problem] = []
+    if any(p.file not in out.refused for p in out.problems):
+        return out  # NOTE: no model byte is parsed while any file is missing, unlisted or altered.
     for artifact in out.manifest["artifacts"]:
         rel = str(artifact["path"])
         if artifact["format"] == "onnx" and rel in out.blobs:
@@ -114,10 +116,11 @@ def read_file(dir_fd: int, name: str, *, limit: int) -> bytes:
         FileNotFoundError: there is no such entry.
         PackageError: it is a link, not a regular file, hard-linked, or larger than `limit`.
     """
-    mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
-    kind = _kind(mode)
+    before = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    kind = _kind(before.st_mode)
     if kind:
         raise PackageError(f"{name}: {kind}; packages hold regular files only")
+    _check_opened(name, before)
     try:
         fd = os.open(name, _OPEN, dir_fd=dir_fd)
     except OSError as e:
@@ -141,22 +144,30 @@ def _walk(fd: int, prefix: str, level: int, listed: Mapping[str, Mapping[str, An
         if len(out.seen) > MAX_ENTRIES:
             out.problems.append(Problem(rel, f"the package holds more than {MAX_ENTRIES} entries"))
             return
-        mode = entry.stat(follow_symlinks=False).st_mode
+        info = entry.stat(follow_symlinks=False)
+        mode = info.st_mode
         kind = _kind(mode)
+        if not kind and stat.S_ISREG(mode) and info.st_nlink != 1 and rel != MANIFEST:
+            # NOTE: found by lstat, so a hard link to a file outside the package is never opened.
+            kind = f"has {info.st_nlink} hard links"
+            why = "package files must have exactly one (a hard link can bring a file from outside the package in)"
+        else:
+            why = "packages hold regular files only"
         if kind:
             out.refused[rel] = kind
-            out.problems.append(Problem(rel, f"{kind}; packages hold regular files only"))
+            out.problems.append(Problem(rel, f"{kind}; {why}"))
         elif stat.S_ISDIR(mode):
             if level >= MAX_LEVELS:
                 out.problems.append(Problem(rel, f"folders nested more than {MAX_LEVELS} deep"))
+                continue
+            if not any(p.startswith(rel + "/") for p in listed):
+                out.problems.append(Problem(rel, "is a folder holding no file the manifest lists (unexpected folder)"))
                 continue
             sub = os.open(entry.name, _OPEN_DIR, dir_fd=fd)
             try:
                 _walk(sub, rel + "/", level + 1, listed, out)
             finally:
                 os.close(sub)
-            if not any(p.startswith(rel + "/") for p in listed):
-                out.problems.append(Problem(rel, "is a folder holding no file the manifest lists (unexpected folder)"))
         elif rel == MANIFEST:
             continue
         elif rel not in listed:
