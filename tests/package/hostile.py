@@ -71,10 +71,10 @@ def restamp(pkg: Path, *, keep: tuple[str, ...] = ()) -> None:
     entries = []
     for p in sorted(pkg.rglob("*")):
         rel = p.relative_to(pkg).as_posix()
-        if rel == MANIFEST or p.is_symlink() or not p.is_file():
-            continue
         if rel in keep:
             entries.append(old[rel])
+            continue
+        if rel == MANIFEST or p.is_symlink() or not p.is_file():
             continue
         data = p.read_bytes()
         entries.append({"path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
