@@ -17,7 +17,7 @@ from toolchain.core.errors import RuntimeLoadError, ToolchainError
 from toolchain.core.parity import ParityReport, Tolerance, compare
 from toolchain.core.signature import TensorSig
 from toolchain.package import trust as trust_list
-from toolchain.package.format import Package, Problem, read_package
+from toolchain.package.format import Package, Problem, check_integrity, open_package
 
 __all__ = ["ArtifactCheck", "VerificationReport", "replay", "verify_package"]
 
@@ -131,9 +131,10 @@ def verify_package(path: Path, *, trust: bool = False, providers: Sequence[str] 
             ONNX Runtime cannot start is noted in ``unstarted``, where a named one is a failure.
     """
     path = Path(path)
-    package, problems = read_package(path)
-    if package is None:
+    problems = check_integrity(path)
+    if problems:
         return VerificationReport(path, problems=tuple(problems))
+    package = open_package(path)
     try:
         tolerance = package.tolerance
         trusted = trust or trust_list.is_trusted(path)
