@@ -167,6 +167,11 @@ class OrtSession:
         for dim, size in options.fixed_dims:
             so.add_free_dimension_override_by_name(dim, size)
         if external:
+            if not hasattr(so, "add_external_initializers_from_files_in_memory"):
+                raise RuntimeLoadError(
+                    f"{path}: onnxruntime {ort.__version__} cannot take external data from memory; "
+                    "install onnxruntime>=1.24.1 (the floor this toolchain declares)"
+                )
             names = list(external)
             buffers = [np.frombuffer(external[n], dtype=np.uint8) for n in names]
             so.add_external_initializers_from_files_in_memory(names, buffers, [b.size for b in buffers])
