@@ -120,6 +120,7 @@ FIELD_CASES = [
     ),
     ("tolerance", _DELETE, "manifest.json: tolerance: missing"),
     ("tolerance.atol", "9e99", 'manifest.json: tolerance.atol: expected a number, found "9e99"'),
+    ("tolerance.atol", float("nan"), "manifest.json: tolerance.atol: expected a finite number, found NaN"),
     ("recommended", {"1": {"artifact": "onnx/model.onnx"}}, 'manifest.json: recommended["1"].runtime: missing'),
     ("recommended", {"1": "fast"}, 'manifest.json: recommended["1"]: expected an object, found "fast"'),
     ("files.0.size", -1, "manifest.json: files[0].size: expected a number >= 0, found -1"),

@@ -27,7 +27,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 MAX_DEPTH = 32
 """Deepest nesting of objects and lists accepted; the pipeline writes at most 6."""
-MAX_MANIFEST_BYTES = 64 << 20
+MAX_MANIFEST_BYTES = 16 << 20
 """Largest manifest read; the zoo's are under 200 KB."""
 DTYPES = frozenset(
     {
