@@ -113,7 +113,14 @@ def hostile_package(source: Path, dest: Path, model: bytes, **manifest_extra: ob
 
 
 def rehash_all(package: Path, manifest: dict) -> None:
-    """Write `manifest` with a fresh file list of everything in `package` (as a forger would)."""
+    """Write `manifest` with a fresh file list of everything in `package` (as a forger would).
+
+    Folders left empty (an artifact's, once its files were deleted) are removed too: containment
+    refuses a folder that holds no listed file.
+    """
+    for folder in sorted((p for p in package.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
     manifest["files"] = [
         {
             "path": p.relative_to(package).as_posix(),

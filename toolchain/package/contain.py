@@ -25,7 +25,7 @@ from toolchain.core.text import printable
 from toolchain.package.onnxwire import EXTERNAL, WireError, external_tensors
 from toolchain.package.schema import MANIFEST, MAX_MANIFEST_BYTES, SIGNATURE_FILE, parse_manifest
 
-__all__ = ["Contents", "Problem", "contained_onnx", "read_contents", "read_file"]
+__all__ = ["Contents", "Problem", "contained_onnx", "entry_kind", "read_contents", "read_file"]
 
 MAX_ENTRIES = 100_000
 """Most entries (files and folders) a package may hold."""
@@ -117,7 +117,7 @@ def read_file(dir_fd: int, name: str, *, limit: int) -> bytes:
         PackageError: it is a link, not a regular file, hard-linked, or larger than `limit`.
     """
     before = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    kind = _kind(before.st_mode)
+    kind = entry_kind(before.st_mode)
     if kind:
         raise PackageError(f"{name}: {kind}; packages hold regular files only")
     _check_opened(name, before)
@@ -146,7 +146,7 @@ def _walk(fd: int, prefix: str, level: int, listed: Mapping[str, Mapping[str, An
             return
         info = entry.stat(follow_symlinks=False)
         mode = info.st_mode
-        kind = _kind(mode)
+        kind = entry_kind(mode)
         if not kind and stat.S_ISREG(mode) and info.st_nlink != 1 and rel != MANIFEST:
             # NOTE: found by lstat, so a hard link to a file outside the package is never opened.
             kind = f"has {info.st_nlink} hard links"
@@ -202,7 +202,8 @@ def _read_listed(fd: int, name: str, rel: str, entry: Mapping[str, Any], out: Co
         out.blobs[rel] = data
 
 
-def _kind(mode: int) -> str:
+def entry_kind(mode: int) -> str:
+    """What an entry of mode `mode` (from ``lstat``) is when it is not a folder or a regular file, else ``""``."""
     plain = stat.S_ISDIR(mode) or stat.S_ISREG(mode)
     return next((kind for test, kind in _KINDS if test(mode)), "" if plain else "is not a regular file")
 
