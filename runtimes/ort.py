@@ -142,7 +142,15 @@ class OrtOptions:
 class OrtSession:
     """An ONNX Runtime inference session that checks feeds before running."""
 
-    def __init__(self, path: Path, *, signature: Signature | None, options: OrtOptions) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        signature: Signature | None,
+        options: OrtOptions,
+        model: bytes | None = None,
+        external: Mapping[str, bytes] | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         providers = resolve_providers(options.providers)
@@ -158,6 +166,15 @@ class OrtSession:
         so.log_severity_level = 4  # NOTE: errors come back as exceptions; keep ORT's own log quiet.
         for dim, size in options.fixed_dims:
             so.add_free_dimension_override_by_name(dim, size)
+        if external:
+            if not hasattr(so, "add_external_initializers_from_files_in_memory"):
+                raise RuntimeLoadError(
+                    f"{path}: onnxruntime {ort.__version__} cannot take external data from memory; "
+                    "install onnxruntime>=1.24.1 (the floor this toolchain declares)"
+                )
+            names = list(external)
+            buffers = [np.frombuffer(external[n], dtype=np.uint8) for n in names]
+            so.add_external_initializers_from_files_in_memory(names, buffers, [b.size for b in buffers])
         self.options = options
         first = providers[0]
         if first in _OUTPUT_DEVICE and hasattr(ort, "preload_dlls"):
@@ -175,7 +192,8 @@ class OrtSession:
             # fall back to CPU; the print is kept out of the user's output and becomes our error.
             with contextlib.redirect_stdout(printed), warnings.catch_warnings(record=True) as warned:
                 warnings.simplefilter("always")
-                self._session = ort.InferenceSession(str(path), sess_options=so, providers=chosen)
+                source = str(path) if model is None else model
+                self._session = ort.InferenceSession(source, sess_options=so, providers=chosen)
         except Exception as e:
             raise RuntimeLoadError(f"{path}: ONNX Runtime could not load it: {first_line(e)}") from e
         running = self._session.get_providers()
@@ -270,3 +288,21 @@ class OrtRuntime:
         if not Path(path).is_file():
             raise RuntimeLoadError(f"{path}: no such ONNX file")
         return OrtSession(Path(path), signature=signature, options=self.options)
+
+    def load_bytes(
+        self,
+        model: bytes,
+        *,
+        name: str,
+        signature: Signature | None = None,
+        external: Mapping[str, bytes] | None = None,
+    ) -> OrtSession:
+        """Load an ONNX model from memory; ONNX Runtime is given no path to read anything from.
+
+        Args:
+            model: the serialized model (already checked: see `toolchain.package.contain`).
+            name: what error messages call it (the artifact's path in its package).
+            signature: the recorded signature; read from the model when None.
+            external: the external-data files the model refers to, by location, as bytes.
+        """
+        return OrtSession(Path(name), signature=signature, options=self.options, model=model, external=external)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from toolchain.core.errors import TargetError, ToolchainError
+from toolchain.core.text import printable
 
 if TYPE_CHECKING:
     from toolchain.core.spec import ModelSpec
@@ -29,6 +30,11 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _echo(line: str) -> None:
+    """Print a line that holds strings from a package, control characters escaped."""
+    typer.echo(printable(line))
+
+
 def _one_line_errors(command: F) -> F:
     """Print a `ToolchainError` as one line on stderr and exit 1; other errors keep their traceback."""
 
@@ -37,7 +43,7 @@ def _one_line_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except ToolchainError as e:
-            typer.echo(f"error: {e}", err=True)
+            typer.echo(f"error: {printable(str(e))}", err=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -249,10 +255,10 @@ def verify(
             typer.echo(f"manifest sha256: {manifest_digest(folder)}")
         report = verify_package(folder, trust=trust, providers=_providers(provider), limits=limits)
     for line in report.summary_lines():
-        typer.echo(line)
+        typer.echo(printable(line))
     if not report:
         for line in report.failure_lines():
-            typer.echo(f"FAIL {line}", err=True)
+            typer.echo(f"FAIL {printable(line)}", err=True)
         typer.echo(report.summary())
         raise typer.Exit(1)
     typer.echo(report.summary())
@@ -404,27 +410,27 @@ def _inspect(package: Path) -> None:
 
     pkg = open_package(package)
     sig = pkg.signature
-    typer.echo(f"{pkg.name} {pkg.manifest.get('version', '')}  ({pkg.manifest.get('source', '')})")
+    _echo(f"{pkg.name} {pkg.manifest.get('version', '')}  ({pkg.manifest.get('source', '')})")
     for t in sig.inputs:
-        typer.echo(f"  input  {t.name}: {t.describe()}")
+        _echo(f"  input  {t.name}: {t.describe()}")
     for t in sig.outputs:
-        typer.echo(f"  output {t.name}: {t.describe()}")
+        _echo(f"  output {t.name}: {t.describe()}")
     for sym, sizes in sig.verified_sizes.items():
-        typer.echo(f"  dim    {sym}: verified at {list(sizes)}")
+        _echo(f"  dim    {sym}: verified at {list(sizes)}")
     for art in pkg.artifacts:
         parity = pkg.manifest.get("parity", {}).get(art["path"], {})
-        typer.echo(
+        _echo(
             f"  artifact {art['path']} [{art['format']}, {art['variant']}, opset {art['opset']}] "
             f"parity {'passed' if parity.get('passed') else 'FAILED'} on {parity.get('sample_sets', [])}"
             + (f" ({parity['gated_on']})" if parity.get("gated_on") else "")
         )
         if art.get("passes"):
-            typer.echo(f"           passes: {', '.join(art['passes'])}")
+            _echo(f"           passes: {', '.join(art['passes'])}")
         if art.get("keep"):
-            typer.echo(f"           kept in fp32: {len(art['keep'])} node(s)")
+            _echo(f"           kept in fp32: {len(art['keep'])} node(s)")
     for batch, rec in pkg.manifest.get("recommended", {}).items():
         runtime = runtime_label(rec["runtime"], rec.get("fixed_dims"), rec.get("provider", ""))
-        typer.echo(
+        _echo(
             f"  recommended at batch {batch}: {rec['artifact']} on {runtime} "
             f"({rec['p50_ms']:.3f} ms, {rec['ratio_vs_eager']:.2f}x eager)"
         )

@@ -24,11 +24,16 @@ from toolchain.package.staging import stage_package
 runner = CliRunner()
 
 
-def _package(dest: Path, *, payload: bytes = b"hello") -> Path:
+def _package(dest: Path, base: Path, *, payload: bytes = b"hello") -> Path:
+    """A copy of the real package `base` with one more listed file holding `payload`."""
+    manifest = json.loads((base / MANIFEST).read_text())
+    files = [e["path"] for e in manifest.pop("files")]
     with stage_package(dest) as s:
+        for rel in files:
+            s.file(rel).write_bytes((base / rel).read_bytes())
         s.file("data.bin").write_bytes(payload)
         s.save_array("samples/a.npy", np.arange(5, dtype=np.float32))
-        s.finalize({"name": "demo"})
+        s.finalize(manifest)
         return s.commit()
 
 
@@ -56,8 +61,8 @@ def _tar(path: Path, members: list[tarfile.TarInfo], data: dict[str, bytes] | No
 
 
 @pytest.fixture
-def package(tmp_path: Path) -> Path:
-    return _package(tmp_path / "src" / "pkg")
+def package(tmp_path: Path, tiny_package: Path) -> Path:
+    return _package(tmp_path / "src" / "pkg", tiny_package)
 
 
 @pytest.mark.parametrize("kind", ["zip", "tar", "tar.gz"])
@@ -156,8 +161,8 @@ def test_pack_refuses_to_write_inside_the_package(package: Path) -> None:
         pack(package, package / "self.zip")
 
 
-def test_compression_ratio_bomb_is_refused(tmp_path: Path) -> None:
-    package = _package(tmp_path / "pkg", payload=bytes(4 << 20))
+def test_compression_ratio_bomb_is_refused(tmp_path: Path, tiny_package: Path) -> None:
+    package = _package(tmp_path / "pkg", tiny_package, payload=bytes(4 << 20))
     archive = pack(package, tmp_path / "bomb.zip")
     with pytest.raises(PackageError, match=r"member 'data.bin' expands \d+x \(limit 50x\)"):
         unpack(archive, tmp_path / "out", limits=ArchiveLimits(ratio=50))

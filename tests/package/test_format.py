@@ -138,7 +138,7 @@ def test_flipped_byte_is_a_hash_mismatch(tiny_package: Path, copy_of) -> None:
         (lambda m: m.update(schema_version=99), "schema_version 99"),
         (lambda m: m["files"].append({"path": "../../etc/passwd", "size": 1, "sha256": "0" * 64}), "inside"),
         (lambda m: m["files"].append({"path": "/etc/passwd", "size": 1, "sha256": "0" * 64}), "relative"),
-        (lambda m: m.update(files="all of them"), "'files' must be a list"),
+        (lambda m: m.update(files="all of them"), "files: expected a list"),
     ],
 )
 def test_hostile_or_foreign_manifest_is_refused(tiny_package: Path, copy_of, edit, message: str) -> None:

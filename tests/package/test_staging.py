@@ -20,7 +20,7 @@ from toolchain.package.staging import PackageStaging, clean_stale, stage_package
 STEPS = ("writing", "synced", "checked", "exchanged", "synced-parent", "removed-old")
 
 _KILLED_EXPORT = """
-import os, sys
+import json, os, sys
 from pathlib import Path
 from toolchain.package import staging
 
@@ -31,16 +31,28 @@ with staging.stage_package(dest, force=True) as s:
     s.write_text("nested/more.txt", "more")
     if step == "writing":
         os._exit(9)
-    s.finalize({"name": "new"})
+    s.finalize(json.loads(sys.argv[3]))
     s.commit()
 """
+
+
+def _manifest(name: str) -> dict[str, object]:
+    """The smallest manifest the strict schema accepts (no artifact, no sample): these tests are about the folder."""
+    return {
+        "name": name,
+        "version": "1",
+        "signature": {"inputs": [], "outputs": []},
+        "artifacts": [],
+        "tolerance": {"atol": 0.0, "rtol": 0.0},
+        "samples": [],
+    }
 
 
 def _package(dest: Path, name: str, *, force: bool = False) -> Path:
     with stage_package(dest, force=force) as s:
         s.write_text("data.txt", name)
         s.save_array("a.npy", np.arange(3))
-        s.finalize({"name": name})
+        s.finalize(_manifest(name))
         return s.commit()
 
 
@@ -56,7 +68,8 @@ def _leftovers(parent: Path) -> list[str]:
 def test_a_complete_package_is_at_out_whenever_the_export_is_killed(tmp_path: Path, step: str) -> None:
     dest = _package(tmp_path / "pkg", "old")
     canary = Canary(tmp_path / "canary.txt", allowed=("pkg", ".pkg."))
-    run = subprocess.run([sys.executable, "-c", _KILLED_EXPORT, str(dest), step], capture_output=True, text=True)
+    new = json.dumps(_manifest("new"))
+    run = subprocess.run([sys.executable, "-c", _KILLED_EXPORT, str(dest), step, new], capture_output=True, text=True)
     assert run.returncode == 9, run.stderr
     assert check_integrity(dest) == []
     assert _name(dest) == ("new" if STEPS.index(step) >= STEPS.index("exchanged") else "old")

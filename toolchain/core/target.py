@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
+import io
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -80,9 +83,38 @@ def import_source(where: str) -> ModuleType:
     return _import_file(path)
 
 
+@contextlib.contextmanager
+def _as_imported(target: str) -> Iterator[io.StringIO]:
+    """Run a target's import as if it were a program started with no arguments, its exit made an error.
+
+    NOTE: a target that parses ``sys.argv`` at import would read the toolchain's own arguments, and
+    one that calls ``sys.exit`` would end the command silently with its code; argv is set to the
+    target alone, stderr is held back until the import succeeded, and an exit becomes a `TargetError`.
+    """
+    saved, sys.argv = sys.argv, [target]
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(held):
+            yield held
+    except SystemExit as e:
+        said = [line for line in held.getvalue().splitlines() if line.strip()]
+        last = f"; it printed: {said[-1].strip()[:200]}" if said else ""
+        raise TargetError(
+            f"importing {target} exited (sys.exit({e.code!r})){last}; a target must not parse sys.argv or exit "
+            "when imported: move that code under `if __name__ == '__main__':`"
+        ) from None
+    except BaseException:
+        sys.stderr.write(held.getvalue())
+        raise
+    finally:
+        sys.argv = saved
+    sys.stderr.write(held.getvalue())
+
+
 def _import_module(name: str) -> ModuleType:
     try:
-        return importlib.import_module(name)
+        with _as_imported(name):
+            return importlib.import_module(name)
     except ToolchainError:
         raise
     except ModuleNotFoundError as e:
@@ -105,7 +137,8 @@ def _import_file(path: Path) -> ModuleType:
     sys.path.insert(0, str(path.parent))  # NOTE: lets the file import its sibling modules.
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        with _as_imported(str(path)):
+            spec.loader.exec_module(module)
     except ToolchainError:
         del sys.modules[name]
         raise

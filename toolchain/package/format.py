@@ -12,10 +12,9 @@ Layout (format version 1)::
 from __future__ import annotations
 
 import hashlib
-import json
-import re
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -23,7 +22,11 @@ import numpy as np
 
 from toolchain.core.errors import PackageError
 from toolchain.core.parity import Tolerance
-from toolchain.core.signature import Signature
+from toolchain.core.signature import Signature, TensorSig
+from toolchain.core.text import printable
+from toolchain.package.arrays import parse_npy
+from toolchain.package.contain import Problem, contained_onnx, read_contents, read_file
+from toolchain.package.schema import MANIFEST, SCHEMA_VERSION, SIGNATURE_FILE, safe_rel
 
 __all__ = [
     "MANIFEST",
@@ -34,32 +37,22 @@ __all__ = [
     "check_integrity",
     "load_array",
     "open_package",
+    "read_package",
 ]
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-SIGNATURE_FILE = "model.sig"
-"""The one unlisted file a package may hold: its signature (`toolchain.package.signing`), at the root."""
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One integrity problem, naming the file it concerns."""
-
-    file: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.message}"
+_MAX_ARRAY_BYTES = 16 << 30
 
 
 @dataclass(frozen=True)
 class Package:
-    """A package folder whose manifest was read (see `open_package`)."""
+    """A package whose manifest was validated and whose files were read and hashed (see `open_package`).
+
+    `blobs` holds the bytes of every listed file as they were hashed: what is parsed and loaded.
+    """
 
     path: Path
     manifest: Mapping[str, Any]
+    blobs: Mapping[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -90,96 +83,72 @@ class Package:
         """Absolute path of a file listed in the manifest; refuse anything unlisted."""
         listed = {e["path"] for e in self.manifest["files"]}
         if rel not in listed:
-            raise PackageError(f"{self.path / MANIFEST}: refers to {rel!r}, which its file list does not hold")
+            raise PackageError(
+                f"{self.path / MANIFEST}: refers to {printable(repr(rel))}, which its file list does not hold"
+            )
         return self.path / _safe_rel(rel)
+
+    def read(self, rel: str) -> bytes:
+        """The bytes of the listed file `rel`, exactly as they were hashed when the package was opened."""
+        self.file(rel)
+        if rel not in self.blobs:
+            raise PackageError(f"{self.path}: {rel} was not read with the package; open it with open_package()")
+        return self.blobs[rel]
+
+    def onnx_model(self, rel: str) -> tuple[bytes, dict[str, bytes]]:
+        """The ONNX artifact `rel` for a runtime, external data checked and resolved from the hashed bytes."""
+        self.read(rel)
+        listed = {str(e["path"]): e for e in self.manifest["files"]}
+        return contained_onnx(rel, self.blobs, listed)
+
+    def array(self, rel: str, *, tensor: TensorSig | None = None, sizes: Mapping[str, int] | None = None) -> np.ndarray:
+        """The golden ``.npy`` array `rel`, its header checked (against `tensor` when given) before use."""
+        return parse_npy(self.read(rel), where=rel, tensor=tensor, sizes=sizes)
+
+
+def read_package(path: Path) -> tuple[Package | None, list[Problem]]:
+    """Read a package once: the manifest (strict schema), then every file, without following links.
+
+    Returns the package (None when a problem was found) and every problem: an invalid manifest,
+    missing, unlisted, linked or non-regular entries, wrong sizes or hashes, ONNX external data that
+    does not stay inside the package.
+    """
+    path = Path(path)
+    contents = read_contents(path)
+    if contents.problems or contents.manifest is None:
+        return None, contents.problems
+    return Package(path, contents.manifest, contents.blobs), []
 
 
 def open_package(path: Path) -> Package:
     """Read a package after checking every file's hash and the exact file set."""
     path = Path(path)
-    problems = check_integrity(path)
-    if problems:
+    package, problems = read_package(path)
+    if package is None:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise PackageError(f"{path}: {problems[0]}{more}")
-    return Package(path, _read_manifest(path))
+    return package
 
 
 def check_integrity(path: Path) -> list[Problem]:
-    """Every problem with the package's files: missing, unlisted, wrong size or hash, links."""
-    path = Path(path)
-    if not path.is_dir():
-        return [Problem(str(path), "no such package folder")]
-    try:
-        manifest = _read_manifest(path)
-    except PackageError as e:
-        return [Problem(MANIFEST, str(e))]
-    problems: list[Problem] = []
-    listed: dict[str, Mapping[str, Any]] = {}
-    for index, entry in enumerate(manifest["files"]):
-        where = f"{MANIFEST} files[{index}]"
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("path"), str):
-            problems.append(Problem(where, "entry must be an object with path, size and sha256"))
-            continue
-        try:
-            rel = _safe_rel(entry["path"]).as_posix()
-        except PackageError as e:
-            problems.append(Problem(where, str(e)))
-            continue
-        if rel in listed or rel == MANIFEST:
-            problems.append(Problem(rel, "listed twice (or the manifest lists itself)"))
-        elif not isinstance(entry.get("size"), int) or not _SHA256.match(str(entry.get("sha256", ""))):
-            problems.append(Problem(rel, f"{where} needs an integer size and a 64-hex sha256"))
-        else:
-            listed[rel] = entry
-    present = set()
-    for p in sorted(path.rglob("*")):
-        rel = p.relative_to(path).as_posix()
-        if p.is_symlink():
-            problems.append(Problem(rel, "is a symbolic link; packages hold regular files only"))
-        elif p.is_file() and rel not in (MANIFEST, SIGNATURE_FILE):
-            present.add(rel)
-    for rel in sorted(present - set(listed)):
-        problems.append(Problem(rel, "is not listed in the manifest (unexpected file)"))
-    for rel, entry in listed.items():
-        if rel not in present:
-            problems.append(Problem(rel, "is listed in the manifest but missing"))
-            continue
-        file = path / rel
-        if file.stat().st_size != entry["size"]:
-            problems.append(Problem(rel, f"size {file.stat().st_size} != recorded {entry['size']}"))
-        elif _sha256(file) != entry["sha256"]:
-            problems.append(Problem(rel, "sha256 does not match the manifest (file changed or corrupted)"))
-    return problems
+    """Every problem with the package's files: missing, unlisted, wrong size or hash, links, external data."""
+    return read_package(path)[1]
 
 
 def load_array(path: Path) -> np.ndarray:
-    """Load a ``.npy`` file without ever unpickling."""
+    """Load a ``.npy`` file without ever unpickling, its header checked before anything is allocated."""
+    path = Path(path)
     try:
-        array: np.ndarray = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise PackageError(f"{path}: not a readable .npy array: {e}") from e
-    return array
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    file = path / MANIFEST
-    if not file.is_file() or file.is_symlink():
-        raise PackageError(f"{file}: missing; is {path} a toolchain package?")
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise PackageError(f"{path}: not a readable .npy array: {e.strerror}") from e
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise PackageError(f"{file}: not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise PackageError(f"{file}: must hold a JSON object")
-    version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise PackageError(
-            f"{file}: schema_version {version!r} is not supported (this toolchain reads {SCHEMA_VERSION}); "
-            "use a toolchain release that matches the package"
-        )
-    if not isinstance(data.get("files"), list):
-        raise PackageError(f"{file}: field 'files' must be a list")
-    return data
+        data = read_file(folder, path.name, limit=_MAX_ARRAY_BYTES)
+    except OSError as e:
+        raise PackageError(f"{path}: not a readable .npy array: {e.strerror}") from e
+    finally:
+        os.close(folder)
+    return parse_npy(data, where=str(path))
 
 
 def _field(manifest: Mapping[str, Any], key: str, kind: type) -> Any:
@@ -190,10 +159,7 @@ def _field(manifest: Mapping[str, Any], key: str, kind: type) -> Any:
 
 
 def _safe_rel(rel: str) -> PurePosixPath:
-    pure = PurePosixPath(rel)
-    if not rel or "\\" in rel or pure.is_absolute() or any(part in ("..", ".", "") for part in rel.split("/")):
-        raise PackageError(f"path {rel!r} must be relative, normalised and stay inside the package")
-    return pure
+    return PurePosixPath(safe_rel(rel))
 
 
 def _sha256(path: Path) -> str:

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from toolchain.core.errors import PackageError
+from toolchain.core.text import printable
+from toolchain.package.contain import entry_kind
 from toolchain.package.format import MANIFEST, SIGNATURE_FILE, open_package
 
 __all__ = ["SIGNATURE_FILE", "manifest_digest", "sign_package", "verify_signature"]
@@ -148,13 +150,16 @@ def _model_signing() -> tuple[Any, Any, Any]:
 
 
 def _only_regular_files(package: Path) -> None:
-    """Refuse links, pipes and devices before a hasher opens them (a named pipe would block it)."""
+    """Refuse links, pipes and devices before a hasher opens them (a named pipe would block it).
+
+    The message is the one the integrity check (`toolchain.package.contain`) gives for the same entry.
+    """
     for parent, dirs, files in os.walk(package):
         for name in [*dirs, *files]:
-            mode = os.lstat(os.path.join(parent, name)).st_mode
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                rel = Path(parent, name).relative_to(package).as_posix()
-                raise PackageError(f"{package}: {rel!r} is not a regular file or folder; refusing to hash it")
+            kind = entry_kind(os.lstat(os.path.join(parent, name)).st_mode)
+            if kind:
+                rel = printable(Path(parent, name).relative_to(package).as_posix())
+                raise PackageError(f"{package}: {rel}: {kind}; packages hold regular files only (refusing to hash it)")
 
 
 def _one_line(error: BaseException) -> str:

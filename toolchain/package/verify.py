@@ -15,8 +15,9 @@ from runtimes.ort import OrtRuntime, expand_providers
 from toolchain.core.checks import TaskCheck
 from toolchain.core.errors import RuntimeLoadError, ToolchainError
 from toolchain.core.parity import ParityReport, Tolerance, compare
+from toolchain.core.signature import TensorSig
 from toolchain.package import trust as trust_list
-from toolchain.package.format import Package, Problem, check_integrity, load_array, open_package
+from toolchain.package.format import Package, Problem, read_package
 from toolchain.package.sandbox import DEFAULT_LIMITS, Limits
 
 __all__ = ["ArtifactCheck", "VerificationReport", "replay", "verify_package"]
@@ -144,14 +145,13 @@ def verify_package(
         LimitError: an untrusted package's model went past `limits` (the message names it).
     """
     path = Path(path)
-    problems = check_integrity(path)
-    if problems:
+    package, problems = read_package(path)
+    if package is None or problems:
         return VerificationReport(path, problems=tuple(problems))
     if limits is not None and not trust_list.is_trusted(path):
         from toolchain.package.sandbox import verify_in_child
 
         return verify_in_child(path, trust=trust, providers=providers, limits=limits)
-    package = open_package(path)
     try:
         tolerance = package.tolerance
         trusted = trust or trust_list.is_trusted(path)
@@ -174,7 +174,7 @@ def verify_package(
                 if provider in unstarted:
                     continue
                 try:
-                    session = each.load(package.file(str(entry["path"])), signature=package.signature)
+                    session = _load(each, package, str(entry["path"]))
                 except RuntimeLoadError as e:
                     if provider in named or "could not start" not in str(e):
                         raise
@@ -192,6 +192,14 @@ def verify_package(
     )
 
 
+def _load(runtime: Any, package: Package, rel: str) -> Any:
+    """A session on artifact `rel`: ONNX from the bytes that were hashed, other formats from their file."""
+    if isinstance(runtime, OrtRuntime):
+        model, external = package.onnx_model(rel)
+        return runtime.load_bytes(model, name=rel, signature=package.signature, external=external)
+    return runtime.load(package.file(rel), signature=package.signature)
+
+
 def _ort_runtimes(runtime: OrtRuntime, providers: Sequence[str]) -> list[tuple[OrtRuntime, str]]:
     """One ONNX Runtime per provider to replay on, with the provider's short name."""
     return [(OrtRuntime(replace(runtime.options, providers=(p,))), p) for p in expand_providers(providers)]
@@ -204,8 +212,9 @@ def replay(
     reports = []
     for sample in package.samples:
         name = str(sample["name"])
-        feeds = _arrays(package, sample["inputs"])
-        expected = _arrays(package, sample["expected"])
+        sizes = sample.get("sizes", {})
+        feeds = _arrays(package, sample["inputs"], package.signature.inputs, sizes)
+        expected = _arrays(package, sample["expected"], package.signature.outputs, sizes)
         try:
             actual = session.run(feeds)
         except ToolchainError as e:
@@ -215,5 +224,8 @@ def replay(
     return tuple(reports)
 
 
-def _arrays(package: Package, entries: Mapping[str, str]) -> dict[str, Any]:
-    return {key: load_array(package.file(rel)) for key, rel in entries.items()}
+def _arrays(
+    package: Package, entries: Mapping[str, str], tensors: Sequence[TensorSig], sizes: Mapping[str, int]
+) -> dict[str, Any]:
+    by_name = {t.name: t for t in tensors}
+    return {key: package.array(rel, tensor=by_name.get(key), sizes=sizes) for key, rel in entries.items()}
