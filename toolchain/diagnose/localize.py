@@ -29,7 +29,9 @@ _FX_CALL = re.compile(
     r"^%(?P<out>\w+) : .*call_function\[target=(?P<target>[\w.]+)\]\(args = \((?P<args>.*)\), kwargs = \{\}\)$"
 )
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
-_LIBRARY = re.compile(r"[/\\](site-packages|dist-packages)[/\\](torch|onnxscript|onnx_ir)[/\\]")
+# NOTE: a shipped graph names library files from the library's folder (``torch/nn/modules/linear.py``,
+# `toolchain.core.portable`); a fresh export in a scratch folder still has the full path.
+_LIBRARY = re.compile(r"(?:^|[/\\](?:site-packages|dist-packages)[/\\])(?:torch|onnxscript|onnx_ir)[/\\]")
 
 
 @dataclass(frozen=True)
