@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -159,3 +160,33 @@ def test_unknown_names_say_what_exists(registry: ModelRegistry, packages: dict[s
         registry.versions("nope")
     with pytest.raises(RegistryError, match=r"no version '9' of 'face\.match_lr'"):
         registry.get(NAME, "9")
+
+
+@pytest.mark.parametrize("name", ["x'y", "a/b", "", "-lead", "x" * 129])
+def test_hostile_names_are_refused_before_mlflow_sees_them(registry: ModelRegistry, name: str) -> None:
+    with pytest.raises(RegistryError, match="must be 1-128 letters, digits"):
+        registry.versions(name)
+
+
+def test_a_malformed_manifest_field_is_one_error(
+    registry: ModelRegistry, packages: dict[str, Path], tmp_path: Path
+) -> None:
+    odd = tmp_path / "odd"
+    shutil.copytree(packages["v1"], odd)
+    manifest = json.loads((odd / "manifest.json").read_text())
+    manifest["recommended"] = {"1": {"artifact": "onnx/model.onnx", "p50_ms": "fast"}}
+    (odd / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RegistryError, match=r"manifest field malformed \(ValueError"):
+        registry.add(odd)
+    with pytest.raises(RegistryError, match="must be 1-128 letters"):
+        registry.add(packages["v1"], name="x'y")
+
+
+def test_the_registry_option_and_one_line_errors(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'cli.db'}"
+    listed = runner.invoke(app, ["registry", "--registry", uri, "list"])
+    assert listed.exit_code == 0 and listed.output == ""
+    assert (tmp_path / "cli.db").is_file()
+    missing = runner.invoke(app, ["registry", "--registry", uri, "show", "face.match_lr@1"])
+    assert missing.exit_code == 1
+    assert missing.output.count("\n") == 1 and "error: no version '1' of 'face.match_lr'" in missing.output

@@ -131,7 +131,20 @@ def signature_hash(signature: Mapping[str, Any]) -> str:
 
 
 def read_evidence(package: Package) -> Evidence:
-    """The evidence `package`'s manifest (and its ONNX artifact) holds; the package is opened already."""
+    """The evidence `package`'s manifest (and its ONNX artifact) holds; the package is opened already.
+
+    Raises:
+        RegistryError: a manifest field it reads is malformed (the message names the package).
+    """
+    try:
+        return _read(package)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise RegistryError(
+            f"{package.path}: manifest field malformed ({type(e).__name__}: {e}); re-export or re-bench the package"
+        ) from e
+
+
+def _read(package: Package) -> Evidence:
     manifest = package.manifest
     artifacts = package.artifacts
     sizes_of = {str(f["path"]): int(f["size"]) for f in manifest["files"]}

@@ -11,17 +11,19 @@ MLflow is imported only when a `ModelRegistry` is made (``pip install 'toolchain
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 from toolchain.core.errors import RegistryError
@@ -31,12 +33,38 @@ from toolchain.package.verify import VerificationReport, verify_package
 from toolchain.registry.evidence import Evidence, read_evidence
 from toolchain.registry.rules import DEFAULT_BUDGETS, Budgets, PromotionCheck, check_promotion
 
-__all__ = ["PRODUCTION", "LogEntry", "ModelRegistry", "Version", "default_uri", "who"]
+__all__ = ["PRODUCTION", "LogEntry", "ModelRegistry", "Version", "check_name", "default_uri", "who"]
 
 PRODUCTION = "production"
 _LOG = "toolchain.log."
 _STATUS = "toolchain.status"
 _EXPERIMENT = "toolchain-registry"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _explained(method: F) -> F:
+    """Turn an error MLflow raises (unreachable store, limit exceeded) into a one-line `RegistryError`."""
+
+    @functools.wraps(method)
+    def wrapper(self: ModelRegistry, *args: Any, **kwargs: Any) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return method(self, *args, **kwargs)
+        except MlflowException as e:
+            raise RegistryError(f"{self.uri}: {e.message}") from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+def check_name(name: str) -> str:
+    """`name` when it is a model name the registry accepts (letters, digits, ``._-``), else `RegistryError`."""
+    if not _NAME.match(name):
+        raise RegistryError(
+            f"model name {name!r} must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
 
 
 def default_uri() -> str:
@@ -113,6 +141,7 @@ class ModelRegistry:
         self._verify = verify
         self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
+    @_explained
     def add(self, package: Path, *, name: str = "") -> Version:
         """Verify `package` on this host, then register it as the next version of `name` (its manifest's).
 
@@ -124,7 +153,7 @@ class ModelRegistry:
         if not report:
             raise RegistryError(f"{package}: does not verify on this host, not added: {_first_failure(report)}")
         evidence = read_evidence(open_package(package))
-        name = name or evidence.name
+        name = check_name(name or evidence.name)
         client = self._client
         run = client.create_run(self._experiment(), tags={"toolchain.model": name})
         run_id = run.info.run_id
@@ -134,24 +163,27 @@ class ModelRegistry:
         client.log_param(run_id, "kept", ",".join(evidence.kept))
         client.log_artifacts(run_id, str(package), "package")
         client.set_terminated(run_id)
-        if not client.search_registered_models(filter_string=f"name = '{_quoted(name)}'"):
+        if not client.search_registered_models(filter_string=f"name = '{name}'"):
             client.create_registered_model(name, description=f"toolchain packages of {evidence.source}")
         tags = {**evidence.tags(), _STATUS: "registered"}
         created = client.create_model_version(name, f"{run.info.artifact_uri}/package", run_id=run_id, tags=tags)
         self._log(name, "add", str(created.version), why=f"from {package}")
         return self.get(name, str(created.version))
 
+    @_explained
     def names(self) -> list[str]:
         """Every registered model name, sorted."""
         return sorted(m.name for m in self._client.search_registered_models())
 
+    @_explained
     def versions(self, name: str) -> list[Version]:
         """Every version of `name`, oldest first."""
-        found = self._client.search_model_versions(filter_string=f"name = '{_quoted(name)}'")
+        found = self._client.search_model_versions(filter_string=f"name = '{check_name(name)}'")
         if not found:
             raise RegistryError(f"no model {name!r} in {self.uri}; known: {self.names()}")
         return sorted((self._version(mv) for mv in found), key=lambda v: int(v.version))
 
+    @_explained
     def get(self, name: str, version: str = "") -> Version:
         """Version `version` of `name`; without one, production, else the latest."""
         if not version:
@@ -163,6 +195,7 @@ class ModelRegistry:
         except MlflowException as e:
             raise RegistryError(f"no version {version!r} of {name!r} in {self.uri}: {e.message}") from None
 
+    @_explained
     def production(self, name: str) -> Version | None:
         """The version the ``production`` alias names, if any."""
         from mlflow.exceptions import MlflowException
@@ -172,6 +205,7 @@ class ModelRegistry:
         except MlflowException:
             return None
 
+    @_explained
     def check(self, name: str, version: str, *, budgets: Budgets = DEFAULT_BUDGETS) -> PromotionCheck:
         """Judge promoting `version` of `name` (verified here now) against the production version."""
         candidate = self.get(name, version)
@@ -188,6 +222,7 @@ class ModelRegistry:
             check = PromotionCheck(check.version, check.production, ("is retired", *check.problems), check.notes)
         return check
 
+    @_explained
     def promote(
         self, name: str, version: str, *, to: str = PRODUCTION, force: bool = False, reason: str = "",
         budgets: Budgets = DEFAULT_BUDGETS,
@@ -216,6 +251,7 @@ class ModelRegistry:
         self._log(name, "promote", version, why=reason, forced=not check, findings=check.problems)
         return check
 
+    @_explained
     def retire(self, name: str, version: str, *, reason: str, force: bool = False) -> Version:
         """Mark `version` retired with `reason`; the production version only with `force`.
 
@@ -236,6 +272,7 @@ class ModelRegistry:
         self._log(name, "retire", version, why=reason, forced=target.status == PRODUCTION)
         return self.get(name, version)
 
+    @_explained
     def log(self, name: str) -> list[LogEntry]:
         """Every transition of `name`, oldest first."""
         from mlflow.exceptions import MlflowException
@@ -287,8 +324,3 @@ class ModelRegistry:
 def _first_failure(report: VerificationReport) -> str:
     lines = report.failure_lines()
     return lines[0] if lines else report.summary()
-
-
-def _quoted(name: str) -> str:
-    """`name` inside single quotes of an MLflow filter string."""
-    return name.replace("'", "\\'")
