@@ -16,6 +16,7 @@ from toolchain.cli import app
 from toolchain.core.errors import RegistryError
 from toolchain.core.spec import SPECS
 from toolchain.package.format import load_array, open_package
+from toolchain.registry.table import compare_table
 
 pytest.importorskip("mlflow")
 from toolchain.registry.store import ModelRegistry
@@ -190,3 +191,23 @@ def test_the_registry_option_and_one_line_errors(tmp_path: Path) -> None:
     missing = runner.invoke(app, ["registry", "--registry", uri, "show", "face.match_lr@1"])
     assert missing.exit_code == 1
     assert missing.output.count("\n") == 1 and "error: no version '1' of 'face.match_lr'" in missing.output
+
+
+def test_latency_bench_recorded_is_evidence(registry: ModelRegistry, packages: dict[str, Path], tmp_path: Path) -> None:
+    from toolchain.perf.bench import bench_package, record_bench
+
+    benched = tmp_path / "benched"
+    shutil.copytree(packages["v1"], benched)
+    record_bench(bench_package(benched, spec=SPECS.get(NAME), batches=(1, 16), runtimes=("ort",)))
+    recorded = open_package(benched).manifest["recommended"]
+    version = registry.add(benched)
+    for batch in ("1", "16"):
+        latency = version.evidence.latency[batch]
+        assert latency.p50_ms == recorded[batch]["p50_ms"] and latency.artifact == recorded[batch]["artifact"]
+        assert version.tags[f"toolchain.latency_ms.batch{batch}"] == f"{recorded[batch]['p50_ms']:.6g}"
+    row = compare_table(registry.versions(NAME)).splitlines()[1].split()
+    assert row[3:5] == [f"{recorded['1']['p50_ms']:.4g}", f"{recorded['16']['p50_ms']:.4g}"], row
+    registry.promote(NAME, "1")
+    registry.add(packages["v2"])  # not benched: promotion compares what it can and says what it could not
+    check = registry.promote(NAME, "2")
+    assert check and "no latency recorded" in check.notes[-1]
