@@ -823,21 +823,35 @@ def registry_promote(
     to: Annotated[str, typer.Option("--to", help="Alias to point at it.")] = "production",
     force: Annotated[bool, typer.Option("--force", help="Promote despite failed rules (needs --reason).")] = False,
     reason: Annotated[str, typer.Option("--reason", help="Why; recorded in the log.")] = "",
-    latency_budget: Annotated[
-        float, typer.Option("--latency-budget", help="Allowed p50 regression against production (0.1: 10%).")
-    ] = 0.10,
-    size_budget: Annotated[
-        float, typer.Option("--size-budget", help="Allowed artifact size growth against production.")
-    ] = 0.10,
 ) -> None:
-    """Promote a version that verifies here, keeps the signature and stays within budgets of production."""
-    from toolchain.registry.rules import Budgets
-
-    budgets = Budgets(latency=latency_budget, size=size_budget)
-    check = _registry().promote(name, version, to=to, force=force, reason=reason, budgets=budgets)
+    """Promote a version that verifies here, keeps the signature and stays within the declared budgets."""
+    check = _registry().promote(name, version, to=to, force=force, reason=reason)
     for note in check.notes:
         typer.echo(f"note: {note}")
     typer.echo(f"promoted {name} version {version} to {to}{' (forced: ' + check.describe() + ')' if not check else ''}")
+
+
+@registry_app.command("budget")
+@_one_line_errors
+def registry_budget(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    latency: Annotated[
+        float | None, typer.Option("--latency", help="Allowed p50 regression against production (0.1: 10%).")
+    ] = None,
+    size: Annotated[
+        float | None, typer.Option("--size", help="Allowed artifact size growth against production.")
+    ] = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why; recorded in the log.")] = "",
+) -> None:
+    """Show, or declare, how much worse than production a version may be before promotion is refused."""
+    from dataclasses import replace
+
+    registry = _registry()
+    budgets = registry.budgets(name)
+    if latency is not None or size is not None:
+        budgets = replace(budgets, **{k: v for k, v in (("latency", latency), ("size", size)) if v is not None})
+        registry.declare_budgets(name, budgets, reason=reason)
+    typer.echo(f"{name}: latency +{budgets.latency:.0%}, size +{budgets.size:.0%} against production")
 
 
 @registry_app.command("retire")

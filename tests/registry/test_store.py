@@ -16,6 +16,7 @@ from toolchain.cli import app
 from toolchain.core.errors import RegistryError
 from toolchain.core.spec import SPECS
 from toolchain.package.format import load_array, open_package
+from toolchain.registry.rules import Budgets
 from toolchain.registry.table import compare_table
 
 pytest.importorskip("mlflow")
@@ -86,6 +87,7 @@ def test_lifecycle_through_the_cli(tmp_path: Path, packages: dict[str, Path], mo
     assert [line.split()[0] for line in table[1:4]] == ["1", "2", "3"]
     assert _size(cli("show", f"{NAME}@3")) > 1.1 * _size(cli("show", f"{NAME}@2")) > 0
 
+    assert "face.match_lr: latency +10%, size +10% against production" in cli("budget", NAME)
     assert "promoted face.match_lr version 1 to production" in cli("promote", NAME, "1")
     assert "promoted face.match_lr version 2" in cli("promote", NAME, "2")
     refused = cli("promote", NAME, "3", code=1)
@@ -211,3 +213,22 @@ def test_latency_bench_recorded_is_evidence(registry: ModelRegistry, packages: d
     registry.add(packages["v2"])  # not benched: promotion compares what it can and says what it could not
     check = registry.promote(NAME, "2")
     assert check and "no latency recorded" in check.notes[-1]
+
+
+def test_declared_budgets_decide_and_are_logged(registry: ModelRegistry, packages: dict[str, Path]) -> None:
+    registry.add(packages["v1"])
+    registry.add(packages["big"])
+    registry.promote(NAME, "1")
+    with pytest.raises(RegistryError, match=r"size \d+ B is [\d.]+x production's"):
+        registry.promote(NAME, "2")
+    with pytest.raises(RegistryError, match="must be a share of production's value"):
+        registry.declare_budgets(NAME, Budgets(size=-0.5))
+    registry.declare_budgets(NAME, Budgets(size=1.0), reason="both ONNX paths ship from now on")
+    assert registry.budgets(NAME) == Budgets(latency=0.10, size=1.0)
+    assert registry.promote(NAME, "2")
+    assert [(e.action, e.version) for e in registry.log(NAME)][-3:] == [
+        ("refused", "2"),
+        ("budget", "-"),
+        ("promote", "2"),
+    ]
+    assert registry.log(NAME)[-2].why == "latency +10%, size +100%: both ONNX paths ship from now on"

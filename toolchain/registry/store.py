@@ -38,6 +38,7 @@ __all__ = ["PRODUCTION", "LogEntry", "ModelRegistry", "Version", "check_name", "
 PRODUCTION = "production"
 _LOG = "toolchain.log."
 _STATUS = "toolchain.status"
+_BUDGET = "toolchain.budget."
 _EXPERIMENT = "toolchain-registry"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -206,8 +207,36 @@ class ModelRegistry:
             return None
 
     @_explained
-    def check(self, name: str, version: str, *, budgets: Budgets = DEFAULT_BUDGETS) -> PromotionCheck:
-        """Judge promoting `version` of `name` (verified here now) against the production version."""
+    @_explained
+    def budgets(self, name: str) -> Budgets:
+        """The budgets declared for `name` (`declare_budgets`), else `DEFAULT_BUDGETS`."""
+        tags = self._client.get_registered_model(check_name(name)).tags
+        try:
+            return Budgets(
+                latency=float(tags.get(_BUDGET + "latency", DEFAULT_BUDGETS.latency)),
+                size=float(tags.get(_BUDGET + "size", DEFAULT_BUDGETS.size)),
+            )
+        except ValueError as e:
+            raise RegistryError(f"{name}: a budget tag is not a number ({e}); declare it again") from None
+
+    @_explained
+    def declare_budgets(self, name: str, budgets: Budgets, *, reason: str = "") -> Budgets:
+        """Declare how much worse than production a version of `name` may be; logged like a transition."""
+        for key, value in (("latency", budgets.latency), ("size", budgets.size)):
+            if not 0 <= value < 1000:
+                raise RegistryError(f"{key} budget {value} must be a share of production's value, from 0 (e.g. 0.1)")
+        self.versions(name)  # NOTE: only for a registered model; names a missing one with what exists.
+        self._client.set_registered_model_tag(name, _BUDGET + "latency", repr(budgets.latency))
+        self._client.set_registered_model_tag(name, _BUDGET + "size", repr(budgets.size))
+        declared = f"latency +{budgets.latency:.0%}, size +{budgets.size:.0%}"
+        self._log(name, "budget", "-", why=f"{declared}: {reason}" if reason else declared)
+        return budgets
+
+    def check(self, name: str, version: str, *, budgets: Budgets | None = None) -> PromotionCheck:
+        """Judge promoting `version` of `name` (verified here now) against the production version.
+
+        `budgets` default to those declared for `name` (`budgets`).
+        """
         candidate = self.get(name, version)
         report = self._verify(self.local_path(candidate))
         current = self.production(name)
@@ -216,7 +245,7 @@ class ModelRegistry:
             candidate.evidence,
             verified="" if report else _first_failure(report),
             production=(current.version, current.evidence) if current else None,
-            budgets=budgets,
+            budgets=budgets or self.budgets(name),
         )
         if candidate.status == "retired":
             check = PromotionCheck(check.version, check.production, ("is retired", *check.problems), check.notes)
@@ -224,10 +253,9 @@ class ModelRegistry:
 
     @_explained
     def promote(
-        self, name: str, version: str, *, to: str = PRODUCTION, force: bool = False, reason: str = "",
-        budgets: Budgets = DEFAULT_BUDGETS,
-    ) -> PromotionCheck:  # fmt: skip
-        """Point alias `to` at `version` when `check` passes, or when `force` is given with a `reason`.
+        self, name: str, version: str, *, to: str = PRODUCTION, force: bool = False, reason: str = ""
+    ) -> PromotionCheck:
+        """Point alias `to` at `version` when `check` passes (declared budgets), or with `force` and a `reason`.
 
         Raises:
             RegistryError: the check failed and `force` was not given (the refusal is logged), or
@@ -237,7 +265,7 @@ class ModelRegistry:
             raise RegistryError(f"--to {to!r}: the registry promotes to {PRODUCTION!r} only")
         if force and not reason.strip():
             raise RegistryError("--force needs --reason: an override is recorded with why it was made")
-        check = self.check(name, version, budgets=budgets)
+        check = self.check(name, version)
         if not check and not force:
             self._log(name, "refused", version, why=reason, findings=check.problems)
             raise RegistryError(
