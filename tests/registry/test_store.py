@@ -232,3 +232,12 @@ def test_declared_budgets_decide_and_are_logged(registry: ModelRegistry, package
         ("promote", "2"),
     ]
     assert registry.log(NAME)[-2].why == "latency +10%, size +100%: both ONNX paths ship from now on"
+
+
+def test_a_model_created_by_another_add_meanwhile_is_used(
+    registry: ModelRegistry, packages: dict[str, Path], monkeypatch
+) -> None:
+    registry.add(packages["v1"])
+    # NOTE: the other writer's model exists, but this add's search ran before it was created.
+    monkeypatch.setattr(registry._client, "search_registered_models", lambda **kwargs: [])
+    assert registry.add(packages["v2"]).version == "2"

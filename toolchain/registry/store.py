@@ -165,7 +165,14 @@ class ModelRegistry:
         client.log_artifacts(run_id, str(package), "package")
         client.set_terminated(run_id)
         if not client.search_registered_models(filter_string=f"name = '{name}'"):
-            client.create_registered_model(name, description=f"toolchain packages of {evidence.source}")
+            from mlflow.exceptions import MlflowException
+
+            try:
+                client.create_registered_model(name, description=f"toolchain packages of {evidence.source}")
+            except MlflowException as e:
+                # NOTE: another `add` of the same new model may have created it since the search.
+                if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
         tags = {**evidence.tags(), _STATUS: "registered"}
         created = client.create_model_version(name, f"{run.info.artifact_uri}/package", run_id=run_id, tags=tags)
         self._log(name, "add", str(created.version), why=f"from {package}")
