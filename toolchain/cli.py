@@ -744,6 +744,143 @@ def triton(
     typer.echo(f"wrote {where}")
 
 
+registry_app = typer.Typer(
+    name="registry",
+    help="Versions of packages with their evidence on MLflow's Model Registry: add, compare, promote, retire, log.",
+    no_args_is_help=True,
+)
+app.add_typer(registry_app)
+_registry_uri: dict[str, str] = {"uri": ""}
+
+
+@registry_app.callback()
+def _registry_options(
+    uri: Annotated[
+        str,
+        typer.Option(
+            "--registry",
+            help="MLflow tracking/registry URI (also $TOOLCHAIN_REGISTRY_URI); default "
+            "sqlite:///$TOOLCHAIN_HOME/registry.db, packages stored under $TOOLCHAIN_HOME/registry-artifacts.",
+        ),
+    ] = "",
+) -> None:
+    """Versions of packages with their evidence on MLflow's Model Registry."""
+    _registry_uri["uri"] = uri
+
+
+def _registry() -> Any:
+    from toolchain.registry.store import ModelRegistry
+
+    return ModelRegistry(_registry_uri["uri"])
+
+
+def _name_version(target: str) -> tuple[str, str]:
+    name, _, version = target.partition("@")
+    return name, version
+
+
+@registry_app.command("add")
+@_one_line_errors
+def registry_add(
+    package: Annotated[Path, typer.Argument(help="Package folder; it must verify on this host.")],
+    name: Annotated[str, typer.Option("--name", help="Register under this name instead of the manifest's.")] = "",
+) -> None:
+    """Verify a package here, then register it as the next version of its model."""
+    version = _registry().add(package, name=name)
+    typer.echo(f"registered {version.name} version {version.version}")
+
+
+@registry_app.command("list")
+@_one_line_errors
+def registry_list() -> None:
+    """Every registered model: versions, production and latest."""
+    registry = _registry()
+    for name in registry.names():
+        versions = registry.versions(name)
+        production = next((v.version for v in versions if v.status == "production"), "—")
+        typer.echo(f"{name}: {len(versions)} version(s), production {production}, latest {versions[-1].version}")
+
+
+@registry_app.command("show")
+@_one_line_errors
+def registry_show(
+    target: Annotated[str, typer.Argument(help="NAME or NAME@VERSION (default: production, else the latest).")],
+) -> None:
+    """Every fact recorded for one version."""
+    from toolchain.registry.table import describe_version
+
+    typer.echo(describe_version(_registry().get(*_name_version(target))))
+
+
+@registry_app.command("compare")
+@_one_line_errors
+def registry_compare(name: Annotated[str, typer.Argument(help="Registered model name.")]) -> None:
+    """Versions side by side: drift, latency at batch 1/16 where recorded, size, ops, signature."""
+    from toolchain.registry.table import compare_table
+
+    typer.echo(compare_table(_registry().versions(name)))
+
+
+@registry_app.command("promote")
+@_one_line_errors
+def registry_promote(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="Version to promote.")],
+    to: Annotated[str, typer.Option("--to", help="Alias to point at it.")] = "production",
+    force: Annotated[bool, typer.Option("--force", help="Promote despite failed rules (needs --reason).")] = False,
+    reason: Annotated[str, typer.Option("--reason", help="Why; recorded in the log.")] = "",
+) -> None:
+    """Promote a version that verifies here, keeps the signature and stays within the declared budgets."""
+    check = _registry().promote(name, version, to=to, force=force, reason=reason)
+    for note in check.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"promoted {name} version {version} to {to}{' (forced: ' + check.describe() + ')' if not check else ''}")
+
+
+@registry_app.command("budget")
+@_one_line_errors
+def registry_budget(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    latency: Annotated[
+        float | None, typer.Option("--latency", help="Allowed p50 regression against production (0.1: 10%).")
+    ] = None,
+    size: Annotated[
+        float | None, typer.Option("--size", help="Allowed artifact size growth against production.")
+    ] = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why; recorded in the log.")] = "",
+) -> None:
+    """Show, or declare, how much worse than production a version may be before promotion is refused."""
+    from dataclasses import replace
+
+    registry = _registry()
+    budgets = registry.budgets(name)
+    if latency is not None or size is not None:
+        budgets = replace(budgets, **{k: v for k, v in (("latency", latency), ("size", size)) if v is not None})
+        registry.declare_budgets(name, budgets, reason=reason)
+    typer.echo(f"{name}: latency +{budgets.latency:.0%}, size +{budgets.size:.0%} against production")
+
+
+@registry_app.command("retire")
+@_one_line_errors
+def registry_retire(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="Version to retire.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why; recorded in the log.")] = "",
+    force: Annotated[bool, typer.Option("--force", help="Retire even the production version.")] = False,
+) -> None:
+    """Retire a version, with the reason recorded."""
+    _registry().retire(name, version, reason=reason, force=force)
+    typer.echo(f"retired {name} version {version}")
+
+
+@registry_app.command("log")
+@_one_line_errors
+def registry_log(name: Annotated[str, typer.Argument(help="Registered model name.")]) -> None:
+    """Every transition of a model: who, when, what, why."""
+    for entry in _registry().log(name):
+        typer.echo(entry.describe())
+
+
 def _resolve_target(target: str) -> ModelSpec:
     """The spec TARGET names; for a bare name the zoo is imported first so that its names resolve."""
     from toolchain.core.target import resolve_target

@@ -11,6 +11,7 @@ __all__ = [
     "LimitError",
     "PackageError",
     "ParityError",
+    "RegistryError",
     "RuntimeLoadError",
     "SpecError",
     "TargetError",
@@ -71,3 +72,7 @@ class LimitError(PackageError):
 
 class HostError(ToolchainError):
     """A verifier host (Node.js, a browser, C++) is missing what it needs or could not run."""
+
+
+class RegistryError(ToolchainError):
+    """The model registry refused an action (a promotion against its rules) or cannot find what was named."""
