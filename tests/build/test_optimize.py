@@ -224,6 +224,7 @@ TAG = GraphPass("tag", ("onnx",), _tag_doc, "renames the first node")
 
 
 def _replays(passes: tuple[GraphPass, ...], tmp_path: Path) -> tuple[list[Path], list[PassResult]]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     package = tmp_path / "pkg"
     assert export_package(TINY, package, formats=["onnx"], optimize=False)
     model = tmp_path / "model.onnx"
@@ -258,3 +259,11 @@ def test_a_breaking_pass_in_a_run_is_skipped_and_the_passes_after_it_run_again(t
     weights = {t.name: numpy_helper.to_array(t) for t in shipped.graph.initializer}
     original = onnx.load(str(tmp_path / "pkg" / "onnx" / "model.onnx"))
     assert all(np.array_equal(weights[t.name], numpy_helper.to_array(t)) for t in original.graph.initializer)
+
+
+def test_a_milder_fallback_runs_only_where_the_full_pass_broke_the_graph(tmp_path: Path) -> None:
+    milder = GraphPass("milder", ("onnx",), _rename_nodes, "renames every node", fallback_of="full")
+    _, steps = _replays((GraphPass("full", ("onnx",), _resave, "rewrites nothing"), milder), tmp_path / "a")
+    assert [(s.name, s.status) for s in steps] == [("full", "no change")]
+    _, steps = _replays((GraphPass("full", ("onnx",), _scale_first_weight, "breaks parity"), milder), tmp_path / "b")
+    assert [(s.name, s.status) for s in steps] == [("full", "skipped"), ("milder", "kept")]

@@ -154,9 +154,10 @@ def _apply_run(
         if not graph_pass.applies(current):
             continue
         earlier = [*done.values(), *(a.result for _, a in run)]
-        if graph_pass.fallback_of and any(
-            r.name == graph_pass.fallback_of and r.status in (KEPT, _CHANGED) for r in earlier
-        ):
+        # NOTE: a milder configuration is tried only where the full one rewrote the graph and broke it or
+        # failed: where the full one found nothing to rewrite, the milder one finds nothing either.
+        settled = (KEPT, _CHANGED, NO_CHANGE)
+        if graph_pass.fallback_of and any(r.name == graph_pass.fallback_of and r.status in settled for r in earlier):
             continue
         progress(f"pass {graph_pass.name}")
         # NOTE: each candidate keeps the artifact's file name: torch.jit.save names the archive's
