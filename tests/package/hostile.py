@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import sys
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,3 +250,13 @@ def cli(*args: str) -> Any:
 
 def fail_lines(result: Any) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.startswith(("FAIL ", "error: "))]
+
+
+def verify_measured(pkg: Path) -> tuple[Any, int]:
+    """`toolchain verify PKG` on the cpu provider, and the peak of Python's allocations while it ran."""
+    tracemalloc.start()
+    try:
+        result = cli("verify", str(pkg), "--provider", "cpu")
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

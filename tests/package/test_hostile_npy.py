@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.package.hostile import cli, fail_lines, restamp
+from tests.package.hostile import fail_lines, restamp, verify_measured
 from toolchain.core.errors import PackageError
 from toolchain.core.signature import TensorSig
 from toolchain.package.arrays import parse_npy
@@ -55,12 +54,7 @@ def test_hostile_golden_array_is_refused_naming_the_file(zoo_package: Path, host
     make, message = CASES[case]
     (pkg / GOLDEN).write_bytes(make(np.load(pkg / GOLDEN)))
     restamp(pkg)
-    tracemalloc.start()
-    try:
-        result = cli("verify", str(pkg), "--provider", "cpu")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    result, peak = verify_measured(pkg)
     assert result.exit_code == 1
     lines = fail_lines(result)
     assert len(lines) == 1 and f"{GOLDEN}: " in lines[0] and message in lines[0], result.stderr

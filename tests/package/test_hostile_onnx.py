@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
-from tests.package.hostile import cli, fail_lines, first_initializer, point_external, restamp
+from tests.package.hostile import cli, fail_lines, first_initializer, point_external, restamp, verify_measured
 from toolchain.core.errors import PackageError
 from toolchain.package import onnxwire
 from toolchain.package.format import check_integrity, open_package
@@ -101,12 +100,7 @@ def test_hostile_offset_length_or_key_is_refused_without_allocating(
 ) -> None:
     pkg = hostile(external_package)
     point_external(pkg, **fields)
-    tracemalloc.start()
-    try:
-        result = cli("verify", str(pkg), "--provider", "cpu")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    result, peak = verify_measured(pkg)
     assert result.exit_code == 1
     assert message in fail_lines(result)[0], result.stderr
     assert peak < 64 << 20
