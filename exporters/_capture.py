@@ -10,12 +10,13 @@ import re
 import sys
 import sysconfig
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 
 from toolchain.core.artifact import Finding
 
-__all__ = ["capture_findings", "is_library_file", "summarize_error", "user_source"]
+__all__ = ["OUTPUT_LOCK", "capture_findings", "is_library_file", "summarize_error", "user_source"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # NOTE: reprs such as `<function f at 0x7f...>` differ on every run (address layout), and a finding's
@@ -47,6 +48,15 @@ class _Collector(logging.Handler):
             self.findings.append(Finding("log", f"{record.name}: {first}", f"{record.pathname}:{record.lineno}"))
 
 
+OUTPUT_LOCK = threading.RLock()
+"""Held while `capture_findings` has the process's output: another thread that prints takes it first.
+
+NOTE: the capture swaps file descriptors 1 and 2, ``sys.stdout``/``sys.stderr`` and the loggers for the
+whole process; a line another thread printed meanwhile (an export worker's progress) would become a
+finding of this export, and which line landed there would change from run to run.
+"""
+
+
 @contextlib.contextmanager
 def capture_findings() -> Iterator[list[Finding]]:
     """Capture warnings, library log records and stray output (Python's and native code's) while exporting.
@@ -55,6 +65,12 @@ def capture_findings() -> Iterator[list[Finding]]:
     deprecation notices such as TorchScript's as ``deprecation``), library log records (``log``), and
     the first line of anything printed.
     """
+    with OUTPUT_LOCK, _capturing() as findings:
+        yield findings
+
+
+@contextlib.contextmanager
+def _capturing() -> Iterator[list[Finding]]:
     findings: list[Finding] = []
     handler = _Collector(findings)
     saved = []

@@ -10,8 +10,9 @@ which drops a trace that froze a shape or a branch.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ class TorchScriptExporter:
         args = tuple(torch.from_numpy(sample.feeds[n].copy()) for n in spec.inputs)
         try:
             # NOTE: torch.jit.trace is unannotated in torch; the ignore is for strict mypy only.
-            traced = torch.jit.trace(model, args, check_trace=False)  # type: ignore[no-untyped-call]
+            traced = _on_a_fresh_stack(lambda: torch.jit.trace(model, args, check_trace=False))  # type: ignore[no-untyped-call]
         except Exception as e:
             if script_error is None:
                 raise ExportError(f"{spec.name}: torch.jit.trace failed: {summarize_error(e)}") from e
@@ -106,6 +107,34 @@ class TorchScriptExporter:
             ) from e
         notes = [Finding("script-failed", summarize_error(script_error))] if script_error else []
         return traced, "torch.jit.trace", [*notes, Finding("traced", _TRACED)]
+
+
+def _on_a_fresh_stack(trace: Callable[[], Any]) -> Any:
+    """`trace()` run in a new thread (this thread's grad mode), its result or its exception.
+
+    NOTE: a traced archive records the whole Python stack of the tracing call in its debug tables, the
+    toolchain's callers included: the same model exported from the CLI, the library, the gate or an
+    export's worker process gave different bytes. A new thread's stack starts here.
+    """
+    import torch
+
+    grad = torch.is_grad_enabled()
+    out: list[Any] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with torch.set_grad_enabled(grad):
+                out.append(trace())
+        except BaseException as e:  # NOTE: re-raised in the caller's thread below
+            error.append(e)
+
+    thread = threading.Thread(target=run, name="toolchain-trace")
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return out[0]
 
 
 class _SortedSet(set[Any]):

@@ -81,6 +81,16 @@ def export(
     ] = "fp32",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing package at --out.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for the generated sample inputs.")] = 0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            help="Processes the export may use: with 2, eager's reference and the paths that capture on their "
+            "own run in a forked worker beside the ONNX path (same results). 0: 2 on a host with two cores "
+            "(or $TOOLCHAIN_EXPORT_WORKERS); 1: one process.",
+            min=0,
+        ),
+    ] = 0,
     data: Annotated[
         Path | None,
         typer.Option(
@@ -126,6 +136,7 @@ def export(
             precisions=tuple(p.strip() for p in precision.split(",") if p.strip()),
             force=force,
             seed=seed,
+            workers=workers,
             progress=progress,
         )
     for stage in result.stages:

@@ -76,6 +76,7 @@ def optimize_artifact(
     passes: Sequence[GraphPass] = (),
     explain: Callable[[Path, list[ParityReport]], str] = lambda path, reports: "",
     progress: Callable[[str], None] = lambda message: None,
+    exporter: str = "",
 ) -> list[PassResult]:
     """Run every pass for `fmt` over the artifact at `path`, keeping each one that changes it and stays correct.
 
@@ -97,11 +98,17 @@ def optimize_artifact(
         passes: the pass list; the default is `PASSES`.
         explain: given a candidate that broke parity and its reports, says where it diverges.
         progress: receives one line per pass.
+        exporter: what wrote the artifact; passes it already applied (`GraphPass.done_by`) are not run.
     """
     scratch = path.parent / f".{path.stem}-passes"
     scratch.mkdir(exist_ok=True)
     results: dict[int, PassResult] = {}
     pending = [(i, p) for i, p in enumerate(passes or PASSES) if fmt in p.formats]
+    done = [(i, p) for i, p in pending if exporter and exporter in p.done_by]
+    nodes = count_nodes(path, fmt) if done else 0
+    for i, p in done:
+        results[i] = PassResult(p.name, NO_CHANGE, f"not run: {exporter} applied it", p.detail, 0.0, nodes, nodes)
+    pending = [(i, p) for i, p in pending if i not in results]
     current, attempt = path, 0
     try:
         while pending:

@@ -33,6 +33,8 @@ class GraphPass:
         detail: what it does and at which level, recorded beside the result.
         applies: whether the pass is worth trying on this file (e.g. it contains attention).
         fallback_of: try this pass only when the named pass was not kept (a milder configuration).
+        done_by: exporters (`Artifact.exporter`) that apply this very pass as the last step of their export,
+            so it cannot change their files: not run on them.
     """
 
     name: str
@@ -41,6 +43,7 @@ class GraphPass:
     detail: str = ""
     applies: Callable[[Path], bool] = field(default=lambda path: True)
     fallback_of: str = ""
+    done_by: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager
@@ -159,6 +162,8 @@ PASSES: tuple[GraphPass, ...] = (
         ("onnx",),
         onnxscript_optimizer,
         "onnxscript.optimizer.optimize: constant folding, default rewrite rules, dead code, CSE",
+        # NOTE: torch.onnx.export(dynamo=True) ends with this very optimiser (its optimize=True default).
+        done_by=("torch.onnx.export(dynamo=True)",),
     ),
     GraphPass(
         "onnxscript-ort-fusions",

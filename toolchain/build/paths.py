@@ -212,17 +212,31 @@ def try_path(
     `program`: a ``torch.export`` capture of `model` shared by the paths that start from one (``onnx``,
     ``exported_program``), passed to their exporter instead of capturing again.
     """
+    path = export_path(name, model, replayer.spec, replayer.samples[0], workdir, program=program)
+    return verify_path(path, model, replayer, workdir)
+
+
+def export_path(
+    name: str, model: Any, spec: ModelSpec, sample: SampleSet, workdir: Path, *, program: Any = None
+) -> PathResult:
+    """The export half of `try_path`: needs only the export sample, not eager's outputs."""
     path = PathResult(name)
     start = time.perf_counter()
     exporter = EXPORTERS.get(name)
     shared = {} if program is None else {"program": program}
     try:
-        path.artifact = exporter.export(model, replayer.spec, replayer.samples[0], workdir, **shared)
+        path.artifact = exporter.export(model, spec, sample, workdir, **shared)
     except ToolchainError as e:
         path.status, path.reason = REJECTED, str(e)
-        return path
     finally:
         path.export_seconds = time.perf_counter() - start
+    return path
+
+
+def verify_path(path: PathResult, model: Any, replayer: Replayer, workdir: Path) -> PathResult:
+    """The verification half of `try_path`, for an exported `path` (a rejected one is returned as is)."""
+    if path.artifact is None:
+        return path
     start = time.perf_counter()
     artifact = path.artifact
     main = workdir / artifact.path
@@ -299,6 +313,7 @@ def optimize_path(
         passes=passes,
         explain=why,
         progress=progress,
+        exporter=artifact.exporter,
     )
     kept = tuple(p.name for p in path.passes if p.status == KEPT)
     if kept:

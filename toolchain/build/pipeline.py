@@ -18,8 +18,19 @@ from exporters import EXPORTERS
 from runtimes.eager import EagerSession
 from toolchain.build.capture import SharedCapture
 from toolchain.build.fastpath import fast_path_causes
+from toolchain.build.lanes import Lane, can_fork, default_workers, lane_paths
 from toolchain.build.passes import GraphPass
-from toolchain.build.paths import KEPT, PathResult, Replayer, likely_cause, optimize_path, sizes, try_path
+from toolchain.build.paths import (
+    KEPT,
+    PathResult,
+    Replayer,
+    export_path,
+    likely_cause,
+    optimize_path,
+    sizes,
+    try_path,
+    verify_path,
+)
 from toolchain.build.record import build_manifest, build_report
 from toolchain.build.state import reference_outputs
 from toolchain.build.variants import build_variants, measure_drift, variants_for
@@ -135,6 +146,7 @@ class _Plan:
     passes: tuple[GraphPass, ...]
     force: bool
     seed: int
+    workers: int
 
 
 def export_package(
@@ -147,6 +159,7 @@ def export_package(
     passes: Sequence[GraphPass] = (),
     force: bool = False,
     seed: int = 0,
+    workers: int = 0,
     progress: Callable[[str], None] = lambda message: None,
 ) -> ExportResult:
     """Export `spec` through each path in `formats`, keep those matching eager everywhere, package them.
@@ -162,6 +175,9 @@ def export_package(
         passes: replace the default pass list (`toolchain.build.passes.PASSES`).
         force: replace an existing package at `out`.
         seed: seed of the generated sample values.
+        workers: processes the export may use (0: `toolchain.build.lanes.default_workers`, 2 on a host
+            with two cores); with 2, the paths that capture on their own run in a forked worker beside
+            the others, with the same results.
         progress: receives one line per step.
 
     Nothing is written at `out` unless at least one path was kept. Raises `PackageError` at once
@@ -170,7 +186,16 @@ def export_package(
     """
     out = Path(out)
     candidates, first_only = _candidates(formats or spec.formats)
-    plan = _Plan(candidates, first_only, optimize, variants_for(precisions), tuple(passes), force, seed)
+    plan = _Plan(
+        candidates,
+        first_only,
+        optimize,
+        variants_for(precisions),
+        tuple(passes),
+        force,
+        seed,
+        workers or default_workers(),
+    )
     check_destination(out, force=force)
     result = ExportResult(spec)
     try:
@@ -191,59 +216,119 @@ def _candidates(formats: Sequence[str]) -> tuple[tuple[str, ...], bool]:
     return tuple(dict.fromkeys(formats)), False
 
 
+@dataclass
+class _Reference:
+    """Eager's outputs on every sample set, and what running eager found (picklable: a lane sends it)."""
+
+    expected: list[dict[str, np.ndarray]]
+    findings: list[Finding]
+    causes: dict[str, Finding]
+
+
+def _eager_reference(model: Any, spec: ModelSpec, samples: list[SampleSet]) -> _Reference:
+    signature = input_signature(spec)
+
+    def run(working: Any, sample: SampleSet) -> dict[str, np.ndarray]:
+        return _reference(EagerSession(working, signature=signature), sample, spec)
+
+    state = reference_outputs(model, samples, run)
+    fast = fast_path_causes(model, spec, samples, state.expected, run)
+    # NOTE: a forward that changed the model explains more than a fast path does, so it wins on a shared set.
+    return _Reference(state.expected, [*state.findings(), *list(fast.values())[:1]], {**fast, **state.causes()})
+
+
 def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Callable[[str], None]) -> None:
     spec = result.spec
     with result.running("build", progress):
         model = spec.build()
         result.findings.extend(_training_findings(model))
         model.eval()
-    with result.running("reference", progress):
-        result.samples = generate_samples(spec, seed=plan.seed)
-        signature = input_signature(spec)
-
-        def run(working: Any, sample: SampleSet) -> dict[str, np.ndarray]:
-            return _reference(EagerSession(working, signature=signature), sample, spec)
-
-        state = reference_outputs(model, result.samples, run)
-        expected = state.expected
-        fast = fast_path_causes(model, spec, result.samples, expected, run)
-        result.findings.extend(state.findings())
-        result.findings.extend(list(fast.values())[:1])
-        result.signature = package_signature(spec, result.samples, expected)
-    # NOTE: a forward that changed the model explains more than a fast path does, so it wins on a shared set.
-    replayer = Replayer(spec, result.samples, expected, result.signature, causes={**fast, **state.causes()})
     with stage_package(out, force=plan.force) as staging, ExitStack() as scratch:
         workdirs: dict[str, Path] = {}
-        capture = SharedCapture(model, spec, result.samples[0], plan.candidates)
-        with result.running("export", progress) as stage:
-            for name in plan.candidates:
-                progress(f"{spec.name}: export {name}")
-                workdirs[name] = Path(
-                    scratch.enter_context(
-                        tempfile.TemporaryDirectory(prefix=f".{staging.dest.name}.{name}-", dir=staging.path.parent)
-                    )
+        for name in plan.candidates:
+            workdirs[name] = Path(
+                scratch.enter_context(
+                    tempfile.TemporaryDirectory(prefix=f".{staging.dest.name}.{name}-", dir=staging.path.parent)
                 )
-                # NOTE: a copy never run, so a forward that changes its module cannot leak into the next path.
-                result.paths.append(_try(name, copy.deepcopy(model), replayer, workdirs[name], capture))
-                if plan.first_only and result.paths[-1].status == KEPT:
+            )
+        fork = can_fork(plan.workers)
+        forked = lane_paths(plan.candidates, plan.first_only) if fork else ()
+        if forked and len(forked) == len(plan.candidates):
+            forked = forked[1:]  # NOTE: this process exports one path while the child computes the reference
+        replayers: list[Replayer] = []
+
+        def replayer_for(reference: _Reference) -> Replayer:
+            if not replayers:
+                signature = package_signature(spec, result.samples, reference.expected)
+                replayers.append(Replayer(spec, result.samples, reference.expected, signature, causes=reference.causes))
+            return replayers[0]
+
+        def take(
+            name: str, reference: _Reference, tell: Callable[[str], None], early: PathResult | None = None
+        ) -> PathResult:
+            """Export (unless `early` did), verify and, in the lane, optimise path `name`."""
+            replayer = replayer_for(reference)
+            if early is None:
+                tell(f"{spec.name}: export {name}")
+                if any(workdirs[name].iterdir()):  # NOTE: a lane's child died here half-way; start clean
+                    shutil.rmtree(workdirs[name])
+                    workdirs[name].mkdir()
+            # NOTE: a copy never run, so a forward that changes its module cannot leak into the next path.
+            path = _try(name, copy.deepcopy(model), replayer, workdirs[name], capture, early=early)
+            if name in forked and path.status == KEPT and plan.optimize:
+                tell(f"{spec.name}: optimize {name}")
+                optimize_path(path, replayer, workdirs[name], model=model, passes=plan.passes, progress=tell)
+            return path
+
+        here = [n for n in plan.candidates if n not in forked]
+        early: PathResult | None = None
+        with result.running("reference", progress):
+            result.samples = generate_samples(spec, seed=plan.seed)
+            # NOTE: with a lane the ONNX path exports on its own (early) and the child captures for the .pt2
+            # path the way torch.onnx does (`SharedCapture`), so both files are those a serial export ships.
+            capture = SharedCapture(model, spec, result.samples[0], plan.candidates)
+            lane = Lane(lambda: _eager_reference(model, spec, result.samples), forked, take, progress, fork=fork)
+            lane.start()
+            if fork:
+                # NOTE: the first path's export needs only the export sample: it runs while the child computes eager's.
+                progress(f"{spec.name}: export {here[0]}")
+                early = export_path(here[0], copy.deepcopy(model), spec, result.samples[0], workdirs[here[0]])
+            reference = lane.reference()
+            result.findings.extend(reference.findings)
+            replayer = replayer_for(reference)
+            result.signature = replayer.signature
+        with result.running("export", progress) as stage:
+            done: dict[str, PathResult] = {}
+            for name in here:
+                done[name] = take(name, reference, progress, early if name == here[0] else None)
+                if plan.first_only and done[name].status == KEPT:
                     break
+            done.update(lane.results())
+            result.paths.extend(done[name] for name in plan.candidates if name in done)
             if not result.kept:
                 stage.status = FAILED
                 stage.detail = "every path was rejected: " + "; ".join(
                     f"{p.exporter}: {p.reason}" for p in result.paths
                 )
                 return
-        _refine(result, model, replayer, workdirs, plan, progress)
+        _refine(result, model, replayer, workdirs, plan, progress, optimized=set(forked))
         with result.running("package", progress):
             for path in result.shipped:
                 assert path.artifact is not None
                 for rel in path.artifact.files:
                     shutil.move(workdirs[path.exporter] / rel, staging.file(rel))
-            _seal(result, staging, out, expected)
+            _seal(result, staging, out, reference.expected)
 
 
-def _try(name: str, model: Any, replayer: Replayer, workdir: Path, capture: SharedCapture) -> PathResult:
-    """`try_path`, from the shared capture where it serves `name`; a rejected ``.pt2`` from it is captured again."""
+def _try(
+    name: str, model: Any, replayer: Replayer, workdir: Path, capture: SharedCapture, *, early: PathResult | None = None
+) -> PathResult:
+    """`try_path` (or `verify_path` of an `early` export), from the shared capture where it serves `name`.
+
+    A rejected ``.pt2`` from the shared capture is captured again.
+    """
+    if early is not None:
+        return verify_path(early, model, replayer, workdir)
     program = capture.program_for(name)
     if program is None:
         return try_path(name, model, replayer, workdir)
@@ -263,12 +348,14 @@ def _refine(
     workdirs: dict[str, Path],
     plan: _Plan,
     progress: Callable[[str], None],
+    *,
+    optimized: set[str],
 ) -> None:
-    """Optimise every kept path, build the precision variants, and measure each stage's drift."""
+    """Optimise every kept path (but those `optimized` in a lane), build the precision variants, measure drift."""
     with result.running("optimize", progress) as stage:
         if not plan.optimize:
             stage.detail = "skipped (--no-optimize)"
-        for path in result.kept if plan.optimize else []:
+        for path in [p for p in result.kept if p.exporter not in optimized] if plan.optimize else []:
             progress(f"{result.spec.name}: optimize {path.exporter}")
             optimize_path(path, replayer, workdirs[path.exporter], model=model, passes=plan.passes, progress=progress)
     with result.running("precision", progress) as stage:

@@ -117,7 +117,13 @@ def _check(spec: Any, task: Mapping[str, Any], start: float) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="toolchain-gate-") as tmp:
         out = Path(task["out"] or tmp) / spec.name
-        result = export_package(spec, out, formats=tuple(task["formats"]), force=True, seed=int(task["seed"]))
+        # NOTE: a second process per export only where this job has two cores to itself (`threads`; 0: the
+        # host's default).
+        threads = int(task.get("threads") or 0)
+        workers = 0 if threads == 0 else 2 if threads >= 2 else 1
+        result = export_package(
+            spec, out, formats=tuple(task["formats"]), force=True, seed=int(task["seed"]), workers=workers
+        )
         failed = result.failed_stage
         # NOTE: precision variants (fp16, int8) are artifacts of their own where the pipeline builds them.
         paths = [*result.paths, *getattr(result, "variants", [])]

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import toolchain
+import toolchain.build.pipeline as pipeline
+from tests.conftest import TINY
+from toolchain.build.lanes import can_fork
+from toolchain.build.pipeline import ExportResult, export_package
+
+REPO = Path(toolchain.__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not can_fork(2), reason="export lanes fork: Linux only")
+
+
+def _files(result: ExportResult, root: Path) -> dict[str, str]:
+    out = {}
+    for path in result.kept:
+        assert path.artifact is not None
+        for rel in path.artifact.files:
+            out[rel] = hashlib.sha256((root / rel).read_bytes()).hexdigest()
+    return out
+
+
+def _summary(result: ExportResult) -> list[tuple[str, str, str, list[tuple[str, str]]]]:
+    return [(p.exporter, p.status, p.reason, [(q.name, q.status) for q in p.passes]) for p in result.paths]
+
+
+def test_a_lane_gives_the_verdicts_one_process_gives(tmp_path: Path) -> None:
+    lines: list[str] = []
+    one = export_package(TINY, tmp_path / "one", workers=1)
+    two = export_package(TINY, tmp_path / "two", workers=2, progress=lines.append)
+    assert one and two, (one.failed_stage, two.failed_stage)
+    assert _summary(two) == _summary(one)
+    # NOTE: the ONNX and .pt2 files; TorchScript numbers classes per process (`___torch_mangle_N`), so
+    # its bytes are compared in fresh processes below.
+    same = {k: v for k, v in _files(one, tmp_path / "one").items() if not k.startswith("torchscript")}
+    assert {k: v for k, v in _files(two, tmp_path / "two").items() if k in same} == same
+    # NOTE: the child's progress lines reach this process's callback.
+    assert any("export torchscript" in line for line in lines), lines
+    assert any("optimize torchscript_trace" in line for line in lines), lines
+
+
+@pytest.mark.slow
+def test_a_lane_ships_the_bytes_one_process_ships(tmp_path: Path) -> None:
+    hashes = []
+    for workers in ("1", "2"):
+        out = tmp_path / workers / "pkg"
+        command = [sys.executable, "-c", "from toolchain.cli import main; main()", "export", "face.match_lr"]
+        command += ["--out", str(out), "--workers", workers]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        artifacts = json.loads((out / "manifest.json").read_text())["artifacts"]
+        files = sorted(f for a in artifacts for f in a["files"])
+        hashes.append({f: hashlib.sha256((out / f).read_bytes()).hexdigest() for f in files})
+    assert len(hashes[0]) >= 5 and hashes[1] == hashes[0]
+
+
+def test_paths_a_dead_worker_did_not_finish_run_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    parent = os.getpid()
+    real = pipeline._try
+
+    def dies_in_the_child(name: str, *args: Any, **kwargs: Any) -> Any:
+        if os.getpid() != parent and name == "torchscript":
+            os._exit(3)  # NOTE: as a segfault or the OOM killer would: nothing sent, nothing cleaned up
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_try", dies_in_the_child)
+    lines: list[str] = []
+    result = export_package(TINY, tmp_path / "pkg", workers=2, progress=lines.append)
+    assert result, result.failed_stage
+    assert {p.exporter for p in result.kept} >= {"onnx", "onnx_legacy", "torchscript", "torchscript_trace"}
+    assert any("torchscript: the export's worker process did not finish it; running it here" in x for x in lines)
+    assert (tmp_path / "pkg" / "torchscript" / "model.pt").is_file()
+
+
+def test_eager_failing_in_the_worker_fails_the_reference_stage_with_its_message(tmp_path: Path) -> None:
+    import dataclasses
+
+    import torch
+
+    class Fails(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] == 1:
+                raise ValueError("batch of one is not supported")
+            return x * 2
+
+    spec = dataclasses.replace(TINY, name="fails_at_one", factory=Fails)
+    result = export_package(spec, tmp_path / "pkg", workers=2)
+    assert not result
+    stage = result.failed_stage
+    assert stage is not None and stage.name == "reference"
+    assert "batch of one is not supported" in stage.detail
+    assert not (tmp_path / "pkg").exists()

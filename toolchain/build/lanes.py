@@ -1,0 +1,181 @@
+"""A second process for an export: eager's reference outputs, then the paths that share nothing.
+
+NOTE: an export is Python-bound and uses one core. On a host with a second one, a child forked
+right after the samples are drawn computes eager's reference outputs while this process exports the
+first ONNX path (which needs only the export sample), then takes the paths that need nothing from
+this process (the legacy ONNX, scripted and traced TorchScript and ``.pt2`` paths: export,
+verification, their optimisation passes) while this process verifies and optimises the ONNX one.
+The child inherits the model and samples through fork (nothing pickled on the way in) and sends the
+reference and each path's result back pickled, with its progress lines; both processes judge
+against the same reference outputs, the child's. A child that dies, or fails in a way that is not
+the model's fault, leaves its work to this process, which does it as it would have without a lane:
+a lane can make an export faster, never different.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from typing import Any, Generic, TypeVar
+
+from exporters._capture import OUTPUT_LOCK
+from toolchain.build.paths import PathResult
+from toolchain.core.errors import ToolchainError
+
+__all__ = ["LANE_PATHS", "WORKERS_ENV", "Lane", "can_fork", "default_workers", "lane_paths"]
+
+LANE_PATHS = ("onnx_legacy", "torchscript", "torchscript_trace", "exported_program")
+"""Paths the child may take: each captures on its own."""
+
+WORKERS_ENV = "TOOLCHAIN_EXPORT_WORKERS"
+
+R = TypeVar("R")
+Tell = Callable[[str], None]
+
+
+def default_workers() -> int:
+    """Processes an export may use: ``$TOOLCHAIN_EXPORT_WORKERS``, else 2 where this process may use 2 cores."""
+    value = os.environ.get(WORKERS_ENV, "")
+    if value.strip().isdigit():
+        return max(1, int(value))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 2 if cores >= 2 else 1
+
+
+def can_fork(workers: int) -> bool:
+    """Whether this export may fork its child."""
+    # NOTE: Linux only: macOS forks are unsafe once system frameworks are loaded (the reason Python made
+    # spawn its default there); a daemonic process (a multiprocessing pool's worker) may not have children.
+    return (
+        workers >= 2
+        and sys.platform.startswith("linux")
+        and "fork" in multiprocessing.get_all_start_methods()
+        and not multiprocessing.current_process().daemon
+    )
+
+
+def lane_paths(candidates: Sequence[str], first_only: bool) -> tuple[str, ...]:
+    """The candidates the child takes: none when only the first path that passes is wanted."""
+    if first_only:
+        return ()
+    return tuple(n for n in candidates if n in LANE_PATHS)
+
+
+class Lane(Generic[R]):
+    """The reference and `names`' paths, in a forked child (or here, when `fork` is false).
+
+    Args:
+        reference: computes eager's reference outputs (raises `ToolchainError` when eager fails).
+        names: paths the child runs after the reference, in order.
+        job: runs one path given the reference and a progress callback.
+        progress: receives every progress line, the child's included (from a reader thread).
+        fork: start a child at all.
+    """
+
+    def __init__(
+        self,
+        reference: Callable[[], R],
+        names: Sequence[str],
+        job: Callable[[str, R, Tell], PathResult],
+        progress: Tell,
+        *,
+        fork: bool,
+    ) -> None:
+        self._compute, self._names, self._job, self._progress = reference, tuple(names), job, progress
+        self._fork = fork
+        self._reference: list[R] = []
+        self._error: list[ToolchainError] = []
+        self._results: dict[str, PathResult] = {}
+        self._settled = threading.Event()
+        self._process: Any = None
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Fork the child (no-op without `fork`)."""
+        if not self._fork:
+            return
+        context = multiprocessing.get_context("fork")
+        receive, send = context.Pipe(duplex=False)
+        self._process = context.Process(target=self._child, args=(send,), daemon=True)
+        self._process.start()
+        send.close()
+        self._reader = threading.Thread(target=self._read, args=(receive,), daemon=True)
+        self._reader.start()
+
+    def reference(self) -> R:
+        """The child's reference outputs (waiting for them), or computed here; re-raises eager's error."""
+        self._settled.wait() if self._process is not None else None
+        if self._error:
+            raise self._error[0]
+        if not self._reference:
+            self._reference.append(self._compute())
+        return self._reference[0]
+
+    def results(self) -> dict[str, PathResult]:
+        """Wait for the child; every name's result, run here for those the child did not deliver."""
+        if self._process is not None:
+            self._process.join()
+            assert self._reader is not None
+            self._reader.join()
+        reference = self.reference()
+        out = {}
+        for name in self._names:
+            if name not in self._results:
+                if self._process is not None:
+                    self._progress(f"{name}: the export's worker process did not finish it; running it here")
+                self._results[name] = self._job(name, reference, self._progress)
+            out[name] = self._results[name]
+        return out
+
+    def _read(self, receive: Connection) -> None:
+        try:
+            while True:
+                kind, name, payload = receive.recv()
+                if kind == "progress":
+                    with OUTPUT_LOCK:  # NOTE: never into an export's captured output in this process
+                        self._progress(payload)
+                elif kind == "reference":
+                    self._reference.append(payload)
+                    self._settled.set()
+                elif kind == "reference-error":
+                    self._error.append(payload)
+                    self._settled.set()
+                elif kind == "result":
+                    self._results[name] = payload
+        except (EOFError, OSError):
+            pass  # NOTE: the child closed its end (done or dead): what arrived is all there is.
+        finally:
+            receive.close()
+            self._settled.set()
+
+    def _child(self, send: Connection) -> None:
+        import torch
+
+        # NOTE: one intra-op thread: the parent keeps exporting on the other core, and an OpenMP pool
+        # inherited through fork hangs the child that enters it with more than one thread.
+        torch.set_num_threads(1)
+
+        def tell(message: str) -> None:
+            send.send(("progress", "", message))
+
+        try:
+            try:
+                reference = self._compute()
+            except ToolchainError as e:
+                send.send(("reference-error", "", e))
+                return
+            send.send(("reference", "", reference))
+            for name in self._names:
+                try:
+                    result = self._job(name, reference, tell)
+                except BaseException:  # NOTE: the parent runs this path itself and meets the error there.
+                    tell(f"{name}: the export's worker process failed: {traceback.format_exc(limit=-1).strip()}")
+                    continue
+                send.send(("result", name, result))
+        finally:
+            send.close()
