@@ -267,3 +267,21 @@ def test_a_milder_fallback_runs_only_where_the_full_pass_broke_the_graph(tmp_pat
     assert [(s.name, s.status) for s in steps] == [("full", "no change")]
     _, steps = _replays((GraphPass("full", ("onnx",), _scale_first_weight, "breaks parity"), milder), tmp_path / "b")
     assert [(s.name, s.status) for s in steps] == [("full", "skipped"), ("milder", "kept")]
+
+
+def test_a_pass_the_exporter_already_applied_is_not_run_again(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def counted(src: Path, dst: Path) -> None:
+        calls.append(src.parent.parent.name)
+        onnxscript_optimizer(src, dst)
+
+    optimizer = GraphPass("onnxscript-optimizer", ("onnx",), counted, done_by=("torch.onnx.export(dynamo=True)",))
+    result = export_package(TINY, tmp_path / "pkg", formats=["onnx", "onnx_legacy"], passes=(optimizer,), workers=1)
+    assert result, result.failed_stage
+    dynamo = result.path("onnx").passes[0]
+    assert dynamo.status == "no change" and dynamo.reason == "not run: torch.onnx.export(dynamo=True) applied it"
+    assert dynamo.nodes_before == dynamo.nodes_after > 0
+    # NOTE: the legacy exporter does not end with the optimiser, so there it runs.
+    assert result.path("onnx_legacy").passes[0].status in ("kept", "no change")
+    assert len(calls) == 1
