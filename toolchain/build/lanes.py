@@ -29,8 +29,13 @@ from toolchain.core.errors import ToolchainError
 
 __all__ = ["LANE_PATHS", "WORKERS_ENV", "Lane", "can_fork", "default_workers", "lane_paths"]
 
-LANE_PATHS = ("onnx_legacy", "torchscript", "torchscript_trace", "exported_program")
-"""Paths the child may take: each captures on its own."""
+LANE_PATHS = (("onnx_legacy", "torchscript", "torchscript_trace"), ("exported_program",))
+"""Paths the child may take, each capturing on its own, in units one process runs in this order.
+
+NOTE: TorchScript numbers a class compiled twice in one process (``___torch_mangle_N``) in the order
+it compiles them, and the legacy exporter's trace-backs compile too: those three stay in one process,
+in the order a one-process export runs them, so their archives are the bytes it ships.
+"""
 
 WORKERS_ENV = "TOOLCHAIN_EXPORT_WORKERS"
 
@@ -59,19 +64,21 @@ def can_fork(workers: int) -> bool:
     )
 
 
-def lane_paths(candidates: Sequence[str], first_only: bool) -> tuple[str, ...]:
-    """The candidates the child takes: none when only the first path that passes is wanted."""
+def lane_paths(candidates: Sequence[str], first_only: bool) -> tuple[tuple[str, ...], ...]:
+    """The units of candidates the child may take: none when only the first path that passes is wanted."""
     if first_only:
         return ()
-    return tuple(n for n in candidates if n in LANE_PATHS)
+    units = (tuple(n for n in unit if n in candidates) for unit in LANE_PATHS)
+    return tuple(unit for unit in units if unit)
 
 
 class Lane(Generic[R]):
-    """The reference and `names`' paths, in a forked child (or here, when `fork` is false).
+    """The reference and the paths of `units`, in a forked child (or here, when `fork` is false).
 
     Args:
         reference: computes eager's reference outputs (raises `ToolchainError` when eager fails).
-        names: paths the child runs after the reference, in order.
+        units: paths the child runs after the reference, unit by unit (a unit's paths in order); this
+            process takes the units not yet started (`help`).
         job: runs one path given the reference and a progress callback.
         progress: receives every progress line, the child's included (from a reader thread).
         fork: start a child at all.
@@ -80,13 +87,14 @@ class Lane(Generic[R]):
     def __init__(
         self,
         reference: Callable[[], R],
-        names: Sequence[str],
+        units: Sequence[Sequence[str]],
         job: Callable[[str, R, Tell], PathResult],
         progress: Tell,
         *,
         fork: bool,
     ) -> None:
-        self._compute, self._names, self._job, self._progress = reference, tuple(names), job, progress
+        self._compute, self._job, self._progress = reference, job, progress
+        self._units = tuple(tuple(unit) for unit in units)
         self._fork = fork
         self._reference: list[R] = []
         self._error: list[ToolchainError] = []
@@ -94,12 +102,14 @@ class Lane(Generic[R]):
         self._settled = threading.Event()
         self._process: Any = None
         self._reader: threading.Thread | None = None
+        self._next: Any = None
 
     def start(self) -> None:
         """Fork the child (no-op without `fork`)."""
         if not self._fork:
             return
         context = multiprocessing.get_context("fork")
+        self._next = context.Value("i", 0)  # NOTE: shared memory: the index of the next unclaimed path
         receive, send = context.Pipe(duplex=False)
         self._process = context.Process(target=self._child, args=(send,), daemon=True)
         self._process.start()
@@ -116,6 +126,24 @@ class Lane(Generic[R]):
             self._reference.append(self._compute())
         return self._reference[0]
 
+    def _claim(self) -> tuple[str, ...]:
+        """The next unit nobody has started, claimed for the calling process (empty: none left)."""
+        with self._next.get_lock():
+            index = int(self._next.value)
+            if index >= len(self._units):
+                return ()
+            self._next.value = index + 1
+        return self._units[index]
+
+    def help(self) -> None:
+        """Run here the paths the child has not started yet, until none is left (no-op without a child)."""
+        if self._process is None:
+            return
+        reference = self.reference()
+        while unit := self._claim():
+            for name in unit:
+                self._results[name] = self._job(name, reference, self._progress)
+
     def results(self) -> dict[str, PathResult]:
         """Wait for the child; every name's result, run here for those the child did not deliver."""
         if self._process is not None:
@@ -124,7 +152,7 @@ class Lane(Generic[R]):
             self._reader.join()
         reference = self.reference()
         out = {}
-        for name in self._names:
+        for name in [n for unit in self._units for n in unit]:
             if name not in self._results:
                 if self._process is not None:
                     self._progress(f"{name}: the export's worker process did not finish it; running it here")
@@ -170,12 +198,13 @@ class Lane(Generic[R]):
                 send.send(("reference-error", "", e))
                 return
             send.send(("reference", "", reference))
-            for name in self._names:
-                try:
-                    result = self._job(name, reference, tell)
-                except BaseException:  # NOTE: the parent runs this path itself and meets the error there.
-                    tell(f"{name}: the export's worker process failed: {traceback.format_exc(limit=-1).strip()}")
-                    continue
-                send.send(("result", name, result))
+            while unit := self._claim():
+                for name in unit:
+                    try:
+                        result = self._job(name, reference, tell)
+                    except BaseException:  # NOTE: the parent runs this path itself and meets the error there.
+                        tell(f"{name}: the export's worker process failed: {traceback.format_exc(limit=-1)}")
+                        break  # NOTE: the unit's later paths run there too, in order
+                    send.send(("result", name, result))
         finally:
             send.close()

@@ -252,9 +252,10 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
                 )
             )
         fork = can_fork(plan.workers)
-        forked = lane_paths(plan.candidates, plan.first_only) if fork else ()
-        if forked and len(forked) == len(plan.candidates):
-            forked = forked[1:]  # NOTE: this process exports one path while the child computes the reference
+        units = lane_paths(plan.candidates, plan.first_only) if fork else ()
+        if units and sum(map(len, units)) == len(plan.candidates):
+            units = units[1:]  # NOTE: this process exports a unit while the child computes the reference
+        forked = {name for unit in units for name in unit}
         replayers: list[Replayer] = []
 
         def replayer_for(reference: _Reference) -> Replayer:
@@ -287,7 +288,7 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
             # NOTE: with a lane the ONNX path exports on its own (early) and the child captures for the .pt2
             # path the way torch.onnx does (`SharedCapture`), so both files are those a serial export ships.
             capture = SharedCapture(model, spec, result.samples[0], plan.candidates)
-            lane = Lane(lambda: _eager_reference(model, spec, result.samples), forked, take, progress, fork=fork)
+            lane = Lane(lambda: _eager_reference(model, spec, result.samples), units, take, progress, fork=fork)
             lane.start()
             if fork:
                 # NOTE: the first path's export needs only the export sample: it runs while the child computes eager's.
@@ -303,6 +304,7 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
                 done[name] = take(name, reference, progress, early if name == here[0] else None)
                 if plan.first_only and done[name].status == KEPT:
                     break
+            lane.help()
             done.update(lane.results())
             result.paths.extend(done[name] for name in plan.candidates if name in done)
             if not result.kept:
@@ -311,7 +313,7 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
                     f"{p.exporter}: {p.reason}" for p in result.paths
                 )
                 return
-        _refine(result, model, replayer, workdirs, plan, progress, optimized=set(forked))
+        _refine(result, model, replayer, workdirs, plan, progress, optimized=forked)
         with result.running("package", progress):
             for path in result.shipped:
                 assert path.artifact is not None
