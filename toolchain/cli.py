@@ -881,6 +881,72 @@ def registry_log(name: Annotated[str, typer.Argument(help="Registered model name
         typer.echo(entry.describe())
 
 
+@registry_app.command("tag")
+@_one_line_errors
+def registry_tag(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    family: Annotated[str, typer.Option("--family", help="The family (task) this model belongs to, for `peers`.")],
+    margin: Annotated[
+        float | None,
+        typer.Option("--margin", help="Declare the family's margin: how far behind the best metric a peer may be."),
+    ] = None,
+) -> None:
+    """Declare a model's family (its peers), and optionally the family's margin."""
+    _registry().set_family(name, family, margin=margin)
+    typer.echo(f"{name}: family {family}" + (f", margin {margin:g}" if margin is not None else ""))
+
+
+@registry_app.command("peers")
+@_one_line_errors
+def registry_peers(
+    family: Annotated[str, typer.Argument(help="A declared family, or a signature hash (8+ hex digits).")],
+    margin: Annotated[
+        float | None, typer.Option("--margin", help="Use this margin instead of the family's declared one.")
+    ] = None,
+) -> None:
+    """Rank a family's models on their evaluation metric, then cost; flag those behind the best."""
+    from toolchain.registry.peers import rank_peers
+    from toolchain.registry.table import peers_table
+
+    typer.echo(peers_table(rank_peers(_registry(), family, margin=margin)))
+
+
+@app.command("evaluate")
+@_one_line_errors
+def evaluate(
+    package: Annotated[Path, typer.Argument(help="Package folder.")],
+    data: Annotated[Path, typer.Option("--data", help=".npz with one array per input, or .npy for one input.")],
+    labels: Annotated[str, typer.Option("--labels", help="A .npy/.npz file, or the name of an array in --data.")],
+    metric: Annotated[
+        str, typer.Option("--metric", help="Override the spec's metric: accuracy, top5, auc, ndcg@10, cosine[:OUTPUT].")
+    ] = "",
+    groups: Annotated[str, typer.Option("--groups", help="Query ids for ndcg@K: a file or an array in --data.")] = "",
+    trust: Annotated[bool, typer.Option("--trust", help="Allow a recommended TorchScript/.pt2 artifact.")] = False,
+    registry: Annotated[
+        str, typer.Option("--registry", help="Registry URI to record into (default $TOOLCHAIN_REGISTRY_URI).")
+    ] = "",
+    name: Annotated[str, typer.Option("--name", help="Record into this registered model.")] = "",
+    version: Annotated[str, typer.Option("--version", help="Its version (default production, else latest).")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Compute the spec's task metric on labelled data with the recommended artifact; record it in the registry."""
+    import json
+
+    from toolchain.evaluate import evaluate_package
+
+    result = evaluate_package(package, data, labels, metric=metric, groups=groups, trust=trust)
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.describe())
+    if name or registry:
+        from toolchain.package.format import open_package
+        from toolchain.registry.store import ModelRegistry
+
+        keys = ("metric", "value", "examples", "data_sha256", "artifact")
+        recorded = ModelRegistry(registry).record_evaluation(
+            name or open_package(package).name, version, package, {k: str(getattr(result, k)) for k in keys}
+        )
+        typer.echo(f"recorded in {recorded.name} version {recorded.version}", err=as_json)
+
+
 def _resolve_target(target: str) -> ModelSpec:
     """The spec TARGET names; for a bare name the zoo is imported first so that its names resolve."""
     from toolchain.core.target import resolve_target

@@ -40,6 +40,9 @@ _LOG = "toolchain.log."
 _STATUS = "toolchain.status"
 _BUDGET = "toolchain.budget."
 _EXPERIMENT = "toolchain-registry"
+_EVAL = "toolchain.eval."
+_FAMILY = "toolchain.family"
+_MARGIN = "toolchain.margin."
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -354,6 +357,60 @@ class ModelRegistry:
         key = f"{_LOG}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
         record = {**entry.__dict__, "findings": list(findings)}
         self._client.set_registered_model_tag(name, key, json.dumps(record))
+
+    # NOTE: evaluation and families (issue 23 points 4-5) below; kept at the end of the class for merges.
+
+    @_explained
+    def record_evaluation(self, name: str, version: str, package: Path, values: dict[str, str]) -> Version:
+        """Record an evaluation of `package`, which must be `version` of `name`, as a run metric and tags.
+
+        Args:
+            name: registered model name.
+            version: its version ('' for production, else the latest).
+            package: the package folder that was evaluated.
+            values: ``metric``, ``value``, ``examples``, ``data_sha256``, ``artifact`` (as text).
+
+        Raises:
+            RegistryError: `package` has other weights or another signature than the registered version.
+        """
+        target = self.get(name, version)
+        evaluated = read_evidence(open_package(Path(package)))
+        for what in ("weights_sha256", "signature_sha256"):
+            if getattr(evaluated, what) != getattr(target.evidence, what):
+                raise RegistryError(
+                    f"{package}: its {what} {getattr(evaluated, what)[:12]} is not that of {name} version "
+                    f"{target.version} ({getattr(target.evidence, what)[:12]}); evaluate the registered package"
+                )
+        run_id = self._client.get_model_version(name, target.version).run_id
+        if run_id:
+            self._client.log_metric(run_id, f"eval/{values['metric']}", float(values["value"]))
+        for key, value in values.items():
+            self._client.set_model_version_tag(name, target.version, _EVAL + key, value)
+        summary = f"{values['metric']} {float(values['value']):.6g} on {values['examples']} examples"
+        self._log(name, "evaluate", target.version, why=f"{summary} (data {values['data_sha256'][:12]})")
+        return self.get(name, target.version)
+
+    @_explained
+    def set_family(self, name: str, family: str, *, margin: float | None = None) -> None:
+        """Declare `name` a member of `family` (peers compare members); with `margin`, the family's margin too."""
+        self.versions(name)  # NOTE: only for a registered model; names a missing one with what exists.
+        self._client.set_registered_model_tag(name, _FAMILY, check_name(family))
+        self._log(name, "family", "-", why=family)
+        if margin is not None:
+            if not 0 <= margin <= 1:
+                raise RegistryError(f"margin {margin} must be a metric difference from 0 to 1 (e.g. 0.02)")
+            self._client.set_experiment_tag(self._experiment(), _MARGIN + family, repr(margin))
+
+    @_explained
+    def families(self) -> dict[str, str]:
+        """Registered model name -> declared family, for those that declared one."""
+        return {m.name: m.tags[_FAMILY] for m in self._client.search_registered_models() if _FAMILY in m.tags}
+
+    @_explained
+    def margin(self, family: str, *, default: float) -> float:
+        """The margin declared for `family` (`set_family`), else `default`."""
+        declared = self._client.get_experiment(self._experiment()).tags.get(_MARGIN + family)
+        return float(declared) if declared is not None else default
 
 
 def _first_failure(report: VerificationReport) -> str:

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from toolchain.core.errors import EvaluationError
+from toolchain.evaluate.data import check_labels
+from toolchain.evaluate.metrics import Metric, compute, metric_for
+
+
+def _pairwise_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    pos, neg = scores[positive], scores[~positive]
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(wins / (len(pos) * len(neg)))
+
+
+def test_auc_matches_the_pairwise_definition_with_ties() -> None:
+    rng = np.random.default_rng(11)
+    scores = rng.integers(0, 6, 300).astype(np.float32)  # many ties
+    labels = rng.integers(0, 2, 300)
+    got = compute(Metric.parse("auc"), scores[:, None], labels)
+    assert got == pytest.approx(_pairwise_auc(scores.astype(np.float64), labels.astype(bool)), abs=1e-12)
+    assert compute(Metric.parse("auc"), labels.astype(np.float32), labels) == 1.0
+    assert compute(Metric.parse("auc"), -labels.astype(np.float32), labels) == 0.0
+
+
+def test_top_k_counts_the_true_class_among_the_k_highest() -> None:
+    rng = np.random.default_rng(12)
+    scores = rng.standard_normal((200, 7)).astype(np.float32)
+    labels = rng.integers(0, 7, 200)
+    for k in (1, 3):
+        top = np.argsort(-scores, axis=1)[:, :k]
+        expected = float(np.mean([labels[i] in top[i] for i in range(200)]))
+        assert compute(Metric.parse("accuracy" if k == 1 else f"top{k}"), scores, labels) == pytest.approx(expected)
+    scores[0] = np.nan
+    labels[0] = np.argmax(np.nan_to_num(scores[0]))
+    assert compute(Metric("top", 7), scores, labels) == pytest.approx(199 / 200)  # a NaN row is never right
+
+
+def test_ndcg_per_query_group() -> None:
+    scores = np.array([0.9, 0.1, 0.5, 0.2, 0.8, 0.3, 0.7])
+    relevance = np.array([0, 2, 1, 1, 0, 0, 0])
+    groups = np.array([1, 1, 1, 2, 2, 2, 3])  # query 3 has nothing relevant: skipped
+    got = compute(Metric.parse("ndcg@2"), scores, relevance, groups)
+    q1 = (0 + (2**1 - 1) / np.log2(3)) / ((2**2 - 1) + (2**1 - 1) / np.log2(3))
+    q2 = 0.0  # its one relevant item is ranked third, past the cut-off
+    assert got == pytest.approx((q1 + q2) / 2)
+    assert compute(Metric.parse("ndcg@3"), relevance.astype(float), relevance, groups) == pytest.approx(1.0)
+    with pytest.raises(EvaluationError, match="query groups; pass --groups"):
+        compute(Metric.parse("ndcg@2"), scores, relevance)
+
+
+def test_cosine_is_the_mean_row_similarity_with_the_reference() -> None:
+    rng = np.random.default_rng(13)
+    reference = rng.standard_normal((50, 16))
+    assert compute(Metric.parse("cosine"), 3.0 * reference, reference) == pytest.approx(1.0)
+    assert compute(Metric.parse("cosine"), -reference, reference) == pytest.approx(-1.0)
+    other = rng.standard_normal((50, 16))
+    expected = np.mean(np.sum(other * reference, 1) / np.linalg.norm(other, axis=1) / np.linalg.norm(reference, axis=1))
+    assert compute(Metric.parse("cosine"), other, reference) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text", ["f1", "top0", "ndcg", "ndcg@x", "auc2", "", "top99999"])
+def test_unknown_metrics_are_refused(text: str) -> None:
+    with pytest.raises(EvaluationError, match="is not one of accuracy, topK"):
+        Metric.parse(text)
+
+
+def test_the_metric_comes_from_the_override_the_declared_tag_or_the_task_tags() -> None:
+    assert metric_for(("classifier", "metric:top5:logits"))[0] == Metric("top", 5, "logits")
+    assert metric_for(("classifier",), override="auc")[0] == Metric("auc")
+    assert metric_for(("vision", "embedding"))[0] == Metric("cosine")
+    assert metric_for(("feed", "ranking"))[0].name == "auc"
+    with pytest.raises(EvaluationError, match="declares no evaluation metric"):
+        metric_for(("generation",))
+    with pytest.raises(EvaluationError, match="'top' is not one of"):
+        metric_for(("metric:top",))
+
+
+@pytest.mark.parametrize(
+    ("metric", "scores", "labels", "match"),
+    [
+        ("accuracy", np.zeros((4, 3)), np.zeros(5, np.int64), "5\\] labels for 4 examples"),
+        ("accuracy", np.zeros((4, 3)), np.zeros(4, np.float32), "needs integer class ids"),
+        ("accuracy", np.zeros((4, 3)), np.array([0, 1, 3, 2]), "must lie in \\[0, 3\\), found 3"),
+        ("top5", np.zeros((4, 3)), np.zeros(4, np.int64), "needs at least 5 classes"),
+        ("auc", np.zeros((4, 1)), np.array([0, 1, 2, 1]), "AUC needs labels 0 or 1"),
+        ("auc", np.zeros((4, 1)), np.array([0, 1, np.nan, 1]), "non-finite"),
+        ("auc", np.zeros((4, 3)), np.array([0, 1, 1, 1]), "one score and one label per example"),
+        ("ndcg@3", np.zeros(4), np.array([0, -1, 1, 1]), "relevance labels >= 0"),
+        ("cosine", np.zeros((4, 8)), np.zeros((4, 7), np.float32), "reference embeddings of shape \\[4, 8\\]"),
+    ],
+)
+def test_labels_that_do_not_fit_the_metric_are_named(metric, scores, labels, match) -> None:
+    with pytest.raises(EvaluationError, match=match):
+        check_labels(Metric.parse(metric), scores, labels, None, where="labels.npy")
