@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import pickle
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tests.evaluate.family import FEATURES, NAMES, good, labelled, spec
+from toolchain.cli import app
+from toolchain.core.errors import EvaluationError
+from toolchain.evaluate import evaluate_package
+from toolchain.perf.bench import bench_package, record_bench
+
+GOOD, NEAR, WEAK = NAMES
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    x, labels = labelled(203, seed=21)
+    np.savez(tmp_path / "data.npz", x=x, labels=labels)
+    return tmp_path / "data.npz"
+
+
+def test_the_reference_scores_best_and_noise_weights_worst(family: dict[str, Path], data: Path) -> None:
+    scores = {name: evaluate_package(family[name], data, "labels") for name in NAMES}
+    good, near, weak = (scores[n] for n in NAMES)
+    assert good.value == 1.0 and good.examples == 203 and good.metric == "accuracy" and good.output == "logits"
+    assert 0.9 <= near.value < 1.0
+    assert weak.value < 0.6
+    assert good.artifact == "onnx/model.onnx" and "portable ONNX: no bench recorded" in good.chosen
+    assert "declared by the spec" in good.metric_from
+    assert good.data_sha256 == near.data_sha256
+    assert evaluate_package(family[WEAK], data, "labels", metric="top5").value == 1.0  # every class of five
+
+
+def test_the_recommended_artifact_runs_in_chunks_of_its_planned_batch(
+    family: dict[str, Path], data: Path, tmp_path: Path
+) -> None:
+    package = tmp_path / "benched"
+    shutil.copytree(family[GOOD], package)
+    record_bench(bench_package(package, spec=spec(GOOD, good), batches=(1, 4), providers=("cpu",)))
+    result = evaluate_package(package, data, "labels")
+    assert result.chosen == "recommended at batch 4" and result.artifact == "onnx/model.onnx"
+    assert result.value == 1.0 and result.examples == 203  # 203 = 50 chunks of 4 and one of 3, padded
+
+
+def test_labels_from_their_own_file_and_the_cli(family: dict[str, Path], tmp_path: Path) -> None:
+    x, labels = labelled(40, seed=22)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "labels.npy", labels)
+    data, labels_file = str(tmp_path / "x.npy"), str(tmp_path / "labels.npy")
+    result = CliRunner().invoke(app, ["evaluate", str(family[GOOD]), "--data", data, "--labels", labels_file])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("accuracy(logits) = 1 on 40 examples")
+    assert "artifact: onnx/model.onnx" in result.output
+
+
+def _hostile(tmp_path: Path, case: str) -> tuple[Path, str, str]:
+    """(data file, labels argument, expected message) for one kind of malformed input."""
+    x, labels = labelled(10, seed=23)
+    path = tmp_path / "data.npz"
+    if case == "missing input":
+        np.savez(path, features=x, labels=labels)
+        return path, "labels", "no array for input\\(s\\) \\['x'\\]; the .npz holds \\['features', 'labels'\\]"
+    if case == "wrong width":
+        np.savez(path, x=x[:, :-1], labels=labels)
+        return path, "labels", f"input 'x': axis 1 must be {FEATURES}, got {FEATURES - 1}"
+    if case == "wrong rank":
+        np.savez(path, x=x[None], labels=labels)
+        return path, "labels", "input 'x': expected float32\\[batch, 8\\], got float32\\[1, 10, 8\\]"
+    if case == "wrong dtype":
+        np.savez(path, x=x.astype(np.int32), labels=labels)
+        return path, "labels", "input 'x': dtype int32 where the model takes float32"
+    if case == "complex dtype":
+        np.savez(path, x=x.astype(np.complex64), labels=labels)
+        return path, "labels", "dtype complex64"
+    if case == "non-finite":
+        x[3, 2] = np.nan
+        np.savez(path, x=x, labels=labels)
+        return path, "labels", "input 'x': 1 non-finite value"
+    if case == "label count":
+        np.savez(path, x=x, labels=labels[:-1])
+        return path, "labels", "int64\\[9\\] labels for 10 examples"
+    if case == "float labels":
+        np.savez(path, x=x, labels=labels.astype(np.float32))
+        return path, "labels", "accuracy needs integer class ids"
+    if case == "class out of range":
+        labels[4] = 9
+        np.savez(path, x=x, labels=labels)
+        return path, "labels", "class ids must lie in \\[0, 5\\), found 9"
+    if case == "no labels":
+        np.savez(path, x=x)
+        return path, "targets", "--labels 'targets' is neither a .npy/.npz file nor an array of the data"
+    if case == "no examples":
+        np.savez(path, x=x[:0], labels=labels[:0])
+        return path, "labels", "no examples"
+    if case == "pickled object array":
+        np.savez(path, x=np.array([{"a": 1}] * 10, dtype=object), labels=labels)
+        return path, "labels", "not a plain numeric dtype; refusing it"
+    if case == "not a zip":
+        path.write_bytes(pickle.dumps({"x": x}))
+        return path, "labels", "not a readable .npz archive"
+    if case == "foreign member":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("../x.npy", b"")
+        return path, "labels", "member '../x.npy' is not an array that np.savez writes"
+    if case == "lying header":
+        np.savez(path, x=x, labels=labels)
+        raw = np.lib.format.header_data_from_array_1_0(x)
+        raw["shape"] = (1 << 40, FEATURES)
+        with zipfile.ZipFile(path, "w") as archive:
+            import io
+
+            buffer = io.BytesIO()
+            np.lib.format.write_array_header_1_0(buffer, raw)
+            archive.writestr("x.npy", buffer.getvalue() + x.tobytes())
+            archive.writestr("labels.npy", b"")
+        return path, "labels", "header claims shape \\[1099511627776, 8\\]"
+    if case == "csv":
+        path = tmp_path / "data.csv"
+        path.write_text("1,2,3\n")
+        return path, "labels", "expected a .npz \\(one array per input\\) or a .npy file"
+    if case == "missing file":
+        return tmp_path / "absent.npz", "labels", "cannot read the data file"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing input", "wrong width", "wrong rank", "wrong dtype", "complex dtype", "non-finite", "label count",
+        "float labels", "class out of range", "no labels", "no examples", "pickled object array", "not a zip",
+        "foreign member", "lying header", "csv", "missing file",
+    ],
+)  # fmt: skip
+def test_hostile_data_is_refused_naming_the_file_and_field(family: dict[str, Path], tmp_path: Path, case: str) -> None:
+    path, labels, match = _hostile(tmp_path, case)
+    with pytest.raises(EvaluationError, match=match):
+        evaluate_package(family[GOOD], path, labels)
+
+
+def test_the_cli_prints_a_refusal_as_one_line(family: dict[str, Path], tmp_path: Path) -> None:
+    path, labels, _ = _hostile(tmp_path, "wrong width")
+    result = CliRunner().invoke(app, ["evaluate", str(family[GOOD]), "--data", str(path), "--labels", labels])
+    assert result.exit_code != 0
+    assert result.output.strip().count("\n") == 0 and result.output.startswith("error: ")
+    assert str(path) in result.output
