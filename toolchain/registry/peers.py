@@ -71,7 +71,7 @@ def rank_peers(registry: ModelRegistry, family: str, *, margin: float | None = N
     """
     allowed = registry.margin(family, default=DEFAULT_MARGIN) if margin is None else margin
     if not 0 <= allowed <= 1:
-        raise RegistryError(f"margin {allowed} must be a metric difference from 0 to 1 (e.g. 0.02)")
+        raise RegistryError(f"margin {allowed:g} must be a metric difference from 0 to 1 (e.g. 0.02)")
     notes: list[str] = []
     members: list[Version] = []
     declared = registry.families()

@@ -393,12 +393,12 @@ class ModelRegistry:
     @_explained
     def set_family(self, name: str, family: str, *, margin: float | None = None) -> None:
         """Declare `name` a member of `family` (peers compare members); with `margin`, the family's margin too."""
+        if margin is not None and not 0 <= margin <= 1:
+            raise RegistryError(f"margin {margin:g} must be a metric difference from 0 to 1 (e.g. 0.02)")
         self.versions(name)  # NOTE: only for a registered model; names a missing one with what exists.
         self._client.set_registered_model_tag(name, _FAMILY, check_name(family))
         self._log(name, "family", "-", why=family)
         if margin is not None:
-            if not 0 <= margin <= 1:
-                raise RegistryError(f"margin {margin} must be a metric difference from 0 to 1 (e.g. 0.02)")
             self._client.set_experiment_tag(self._experiment(), _MARGIN + family, repr(margin))
 
     @_explained
