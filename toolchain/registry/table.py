@@ -23,8 +23,10 @@ def compare_table(versions: Sequence[Version]) -> str:
             f"{v.version:>7}  {v.status:10} {e.drift:7.3g} {latency[0]:>9} {latency[1]:>10} {e.size_bytes:>9} "
             f"{e.ops:>5}  {_evaluation(v):18}  {e.signature_sha256[:12]}  {e.weights_sha256[:12]}  {e.created}"
         )
-    lines.append("drift: worst error of any artifact as a share of its allowed error (1 is the limit)")
-    lines.append("evaluation: the task metric `toolchain evaluate` recorded on the user's labelled data")
+    lines.append(
+        "drift: worst error of any artifact as a share of its allowed error (1 is the limit); "
+        "evaluation: the task metric `toolchain evaluate` recorded on labelled data"
+    )
     return "\n".join(lines)
 
 
