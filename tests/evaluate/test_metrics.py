@@ -94,3 +94,20 @@ def test_the_metric_comes_from_the_override_the_declared_tag_or_the_task_tags() 
 def test_labels_that_do_not_fit_the_metric_are_named(metric, scores, labels, match) -> None:
     with pytest.raises(EvaluationError, match=match):
         check_labels(Metric.parse(metric), scores, labels, None, where="labels.npy")
+
+
+def test_agrees_with_scikit_learn_where_it_is_installed() -> None:
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(14)
+    scores = np.round(rng.standard_normal(500), 1)
+    labels = rng.integers(0, 2, 500)
+    assert compute(Metric.parse("auc"), scores, labels) == pytest.approx(metrics.roc_auc_score(labels, scores))
+    logits = rng.standard_normal((300, 6))
+    classes = rng.integers(0, 6, 300)
+    got = compute(Metric.parse("top3"), logits, classes)
+    assert got == pytest.approx(metrics.top_k_accuracy_score(classes, logits, k=3, labels=np.arange(6)))
+    relevance = rng.integers(0, 4, (1, 40))
+    ranked = rng.standard_normal((1, 40))
+    assert compute(Metric.parse("ndcg@10"), ranked[0], relevance[0], np.zeros(40, np.int64)) == pytest.approx(
+        metrics.ndcg_score(2**relevance - 1, ranked, k=10)  # sklearn's gain is linear; ours is 2^rel - 1
+    )

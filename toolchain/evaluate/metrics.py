@@ -5,9 +5,10 @@ A spec declares its metric as a tag, ``metric:KIND[:OUTPUT]`` (``metric:top5:log
 without one gets the metric its task tags imply (``classifier`` -> accuracy, ``ranking``/``matcher`` ->
 AUC, ``embedding``/``encoder`` -> cosine), and ``--metric`` overrides both.
 
-NOTE: numpy, not scikit-learn: the four metrics are ~60 lines here, while scikit-learn (with scipy,
-about 100 MB) is not installed where packages run, and `evaluate` must run wherever the package does.
-The AUC is the Mann-Whitney statistic with average ranks for ties, as ``sklearn.metrics.roc_auc_score``.
+NOTE: numpy, not scikit-learn: the four metrics are ~60 lines here, scikit-learn is no dependency of
+ours (with scipy, 164 MB; ``import sklearn.metrics`` 3.2 s against 0.33 s for this package), and
+`evaluate` must run wherever the package runs. The AUC is the Mann-Whitney statistic with average
+ranks for ties, as ``sklearn.metrics.roc_auc_score``; the tests compare the two where sklearn exists.
 """
 
 from __future__ import annotations
