@@ -7,11 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from tests.evaluate.family import FEATURES, NAMES, good, labelled, spec
+from toolchain.build.pipeline import export_package
 from toolchain.cli import app
 from toolchain.core.errors import EvaluationError
+from toolchain.core.spec import Dim, Input, ModelSpec
 from toolchain.evaluate import evaluate_package
 from toolchain.perf.bench import bench_package, record_bench
 
@@ -149,3 +152,55 @@ def test_the_cli_prints_a_refusal_as_one_line(family: dict[str, Path], tmp_path:
     assert result.exit_code != 0
     assert result.output.strip().count("\n") == 0 and result.output.startswith("error: ")
     assert str(path) in result.output
+
+
+class _Pooled(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(FEATURES, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.head(x.mean(dim=1)))
+
+
+@pytest.fixture(scope="module")
+def pooled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    spec = ModelSpec(
+        name="test.pooled",
+        factory=_Pooled,
+        inputs={"x": Input.normal(("batch", "seq", FEATURES))},
+        outputs=("probability",),
+        dims={"batch": Dim(example=4, max=64), "seq": Dim(example=3, min=2, max=8)},
+        tags=("ranking",),
+    )
+    out = tmp_path_factory.mktemp("pooled") / "pkg"
+    assert export_package(spec, out, formats=("onnx",), optimize=False)
+    return out
+
+
+def test_a_scorer_gets_the_auc_its_task_tag_implies_and_ndcg_over_groups(pooled: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(24)
+    x = rng.standard_normal((120, 5, FEATURES)).astype(np.float32)
+    torch.manual_seed(0)
+    model = _Pooled().eval()  # the spec's seed 0: the same weights as the package
+    with torch.no_grad():
+        score = model(torch.from_numpy(x)).numpy().reshape(-1)
+    clicks = (score > np.median(score)).astype(np.int64)
+    np.savez(tmp_path / "data.npz", x=x, clicks=clicks, noise=rng.integers(0, 2, 120), query=np.arange(120) // 10)
+    result = evaluate_package(pooled, tmp_path / "data.npz", "clicks")
+    assert (result.metric, result.value, result.examples) == ("auc", 1.0, 120)
+    assert "implied by the spec's tag 'ranking'" in result.metric_from
+    assert 0.3 < evaluate_package(pooled, tmp_path / "data.npz", "noise").value < 0.7
+    ndcg = evaluate_package(pooled, tmp_path / "data.npz", "clicks", metric="ndcg@5", groups="query")
+    assert ndcg.metric == "ndcg@5" and ndcg.value == pytest.approx(1.0)
+    with pytest.raises(EvaluationError, match="groups must be 120 integer query ids, found float32"):
+        np.savez(tmp_path / "bad.npz", x=x, clicks=clicks, query=np.zeros(120, np.float32))
+        evaluate_package(pooled, tmp_path / "bad.npz", "clicks", metric="ndcg@5", groups="query")
+
+
+@pytest.mark.parametrize(("seq", "match"), [(1, "dim 'seq' is 1, outside \\[2, 8\\]"), (9, "dim 'seq' is 9")])
+def test_a_dim_outside_the_verified_range_is_refused(pooled: Path, tmp_path: Path, seq: int, match: str) -> None:
+    x = np.zeros((6, seq, FEATURES), np.float32)
+    np.savez(tmp_path / "data.npz", x=x, labels=np.array([0, 1] * 3))
+    with pytest.raises(EvaluationError, match=match):
+        evaluate_package(pooled, tmp_path / "data.npz", "labels")
