@@ -111,3 +111,18 @@ def test_agrees_with_scikit_learn_where_it_is_installed() -> None:
     assert compute(Metric.parse("ndcg@10"), ranked[0], relevance[0], np.zeros(40, np.int64)) == pytest.approx(
         metrics.ndcg_score(2**relevance - 1, ranked, k=10)  # sklearn's gain is linear; ours is 2^rel - 1
     )
+
+
+def test_every_zoo_model_declares_a_metric_on_one_of_its_outputs() -> None:
+    import zoo  # registers the zoo's models
+    from toolchain.core.spec import SPECS
+
+    zoo_specs = [SPECS.get(n) for n in SPECS.names() if n.split(".")[0] in zoo.__all__]
+    assert len(zoo_specs) >= 10
+    for spec in zoo_specs:
+        if spec.name == "translation.greedy_decoder":  # token ids: no score to rank or compare
+            continue
+        declared = [t for t in spec.tags if t.startswith("metric:")]
+        assert len(declared) == 1, spec.name
+        metric, source = metric_for(spec.tags)
+        assert source.startswith("declared by the spec") and (metric.output or spec.outputs[0]) in spec.outputs

@@ -204,3 +204,21 @@ def test_a_dim_outside_the_verified_range_is_refused(pooled: Path, tmp_path: Pat
     np.savez(tmp_path / "data.npz", x=x, labels=np.array([0, 1] * 3))
     with pytest.raises(EvaluationError, match=match):
         evaluate_package(pooled, tmp_path / "data.npz", "labels")
+
+
+def test_a_zoo_matcher_declares_auc_and_scores_its_own_eager_decisions(tmp_path: Path) -> None:
+    import zoo  # noqa: F401 - registers the zoo's models
+    from toolchain.core.spec import SPECS
+
+    spec = SPECS.get("face.match_lr")
+    assert export_package(spec, tmp_path / "pkg", formats=("onnx",), optimize=False)
+    rng = np.random.default_rng(25)
+    a, b = (rng.uniform(-1, 1, (64, spec.inputs["a"].shape[1])).astype(np.float32) for _ in range(2))
+    b[:32] = a[:32] + 0.01 * rng.standard_normal(a[:32].shape).astype(np.float32)  # same faces
+    model = spec.build().eval()
+    with torch.no_grad():
+        probability = model(torch.from_numpy(a), torch.from_numpy(b)).numpy().reshape(-1)
+    np.savez(tmp_path / "pairs.npz", a=a, b=b, same=(probability > np.median(probability)).astype(np.int64))
+    result = evaluate_package(tmp_path / "pkg", tmp_path / "pairs.npz", "same")
+    assert (result.metric, result.output, result.value) == ("auc", "probability", 1.0)
+    assert result.metric_from == "declared by the spec (tag metric:auc)"
