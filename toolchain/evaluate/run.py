@@ -126,7 +126,9 @@ def _open(path: Path, manifest: Mapping[str, Any], *, trust: bool) -> tuple[Any,
         batch = max(int(b) for b in recorded)
         try:
             session = open_recommended(path, batch, trust=trust)
-            return session, _relative(path, session), f"recommended at batch {batch}"
+            # NOTE: only ONNX Runtime sessions know their file; a TorchScript/.pt2 one is the recorded artifact.
+            loaded = _relative(path, session) or str(recorded[str(batch)].get("artifact", "?"))
+            return session, loaded, f"recommended at batch {batch}"
         except RuntimeLoadError as e:
             why = f"the recommendation at batch {batch} cannot run here ({e})"
     # NOTE: the same checks open_recommended makes before it loads anything.
@@ -151,7 +153,7 @@ def _open(path: Path, manifest: Mapping[str, Any], *, trust: bool) -> tuple[Any,
 def _relative(path: Path, session: Any) -> str:
     loaded = getattr(session, "path", None)
     if loaded is None:
-        return "?"
+        return ""
     try:
         return Path(loaded).resolve().relative_to(path.resolve()).as_posix()
     except ValueError:
