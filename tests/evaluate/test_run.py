@@ -222,3 +222,14 @@ def test_a_zoo_matcher_declares_auc_and_scores_its_own_eager_decisions(tmp_path:
     result = evaluate_package(tmp_path / "pkg", tmp_path / "pairs.npz", "same")
     assert (result.metric, result.output, result.value) == ("auc", "probability", 1.0)
     assert result.metric_from == "declared by the spec (tag metric:auc)"
+
+
+def test_a_compressed_npz_that_would_unpack_past_the_limit_is_refused_unread(
+    family: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x, labels = labelled(10, seed=26)
+    np.savez_compressed(tmp_path / "bomb.npz", x=x, labels=labels, padding=np.zeros(1 << 20, np.uint8))
+    assert (tmp_path / "bomb.npz").stat().st_size < 20_000
+    monkeypatch.setattr("toolchain.evaluate.data.MAX_DATA_BYTES", 1 << 19)
+    with pytest.raises(EvaluationError, match=r"bomb.npz: its arrays would unpack to 10[0-9]{5} bytes, more than"):
+        evaluate_package(family[GOOD], tmp_path / "bomb.npz", "labels")

@@ -193,13 +193,17 @@ def _npz_members(path: Path) -> dict[str, np.ndarray]:
             members = archive.infolist()
             if len(members) > _MAX_MEMBERS:
                 raise EvaluationError(f"{path}: {len(members)} arrays, more than the {_MAX_MEMBERS} evaluate reads")
+            unpacked = sum(info.file_size for info in members)
+            if unpacked > MAX_DATA_BYTES:
+                raise EvaluationError(
+                    f"{path}: its arrays would unpack to {unpacked} bytes, more than the {MAX_DATA_BYTES} "
+                    "evaluate reads"
+                )
             arrays = {}
             for info in members:
                 name = info.filename.removesuffix(".npy")
                 if not info.filename.endswith(".npy") or "/" in name or name in arrays:
                     raise EvaluationError(f"{path}: member {info.filename!r} is not an array that np.savez writes")
-                if info.file_size > MAX_DATA_BYTES:
-                    raise EvaluationError(f"{path}: array {name!r} would unpack to {info.file_size} bytes; too large")
                 with archive.open(info) as member:
                     # NOTE: read at most the declared size (+1 to see a lie): a zip bomb stops there.
                     data = member.read(info.file_size + 1)
