@@ -716,9 +716,9 @@ def serve(
     from toolchain.serve.limits import Limits
     from toolchain.serve.repository import ServeOptions
 
+    follow = _registry_follow(registry, alias=alias, models=model or [], poll=poll, shadow=shadow, share=share)
     if not packages and repository is None and not registry:
         raise TargetError("give PACKAGE folders, --repository DIR or --registry URI to serve")
-    follow = _registry_follow(registry, alias=alias, models=model or [], poll=poll, shadow=shadow, share=share)
     token = os.environ.get("TOOLCHAIN_SERVE_TOKEN", "")
     if token_file is not None:
         try:

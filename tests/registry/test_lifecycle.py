@@ -129,7 +129,7 @@ def test_lifecycle_end_to_end(registry_uri: str, versions: dict[str, Path], monk
 
     body, expected = _body(versions["v1"])
     registry = ModelRegistry(registry_uri)
-    with _serving(registry_uri, candidate="candidate") as (repository, follower, server):
+    with _serving(registry_uri, candidate="candidate") as (repository, _follower, server):
         _until(lambda: repository.ready() and repository.resolve(NAME).name == "1", "version 1 serving")
         with _load(server.port, body) as answers:
             _until(lambda: len(answers) > 50, "answers from version 1")
