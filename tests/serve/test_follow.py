@@ -234,3 +234,23 @@ def test_the_serve_command_follows_the_registry_and_records_the_shadow_at_shutdo
     assert server.returncode in (0, 130, -signal.SIGINT), output
     assert "candidate 2 from the registry" in output
     assert registry.get("test.tiny", "2").tags["toolchain.explore.requests"] == "5"
+
+
+def test_a_candidate_replaced_by_another_is_unloaded(tiny_versions: dict[str, Path], tmp_path: Path) -> None:
+    uri, registry = _registry(tmp_path, tiny_versions["a"], tiny_versions["b"], tiny_versions["b"])
+    registry.promote("test.tiny", "1")
+    registry.set_alias("test.tiny", "2", "candidate")
+    repository = Repository(options=ServeOptions(max_batch=1))
+    follower = follow_registry(repository, uri, candidate="candidate", poll_s=0.1)
+    versions = lambda: {k: v.state for k, v in repository.models["test.tiny"].versions.items()}  # noqa: E731
+    try:
+        _until(lambda: versions() == {"1": "ready", "2": "ready"}, "production and candidate loaded")
+        registry.set_alias("test.tiny", "3", "candidate")
+        _until(lambda: versions() == {"1": "ready", "2": "unloaded", "3": "ready"}, "the new candidate only")
+        assert repository.resolve("test.tiny").name == "1"
+        registry.promote("test.tiny", "3")
+        _until(lambda: repository.resolve("test.tiny").name == "3", "the candidate promoted")
+        assert versions()["3"] == "ready" and "3" not in repository.models["test.tiny"].held
+    finally:
+        follower.close()
+        repository.close()

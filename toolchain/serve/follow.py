@@ -72,8 +72,11 @@ class RegistryFollower:
         for name in self.models or self.registry.names():
             current = self.registry.alias(name, self.alias)
             if current is None:
-                if name not in self._following:
-                    _log.warning("%s has no %r version in the registry; nothing of it serves yet", name, self.alias)
+                if self._following.get(name) != ("", ""):
+                    _log.warning(
+                        "%s has no %r version in the registry; %s", name, self.alias,
+                        "the version serving keeps serving" if name in self._following else "nothing of it serves yet",
+                    )  # fmt: skip
                     self._following[name] = ("", "")
             elif self._following.get(name) != (current.version, current.source):
                 futures += self._offer(current, serve=True)
@@ -81,6 +84,7 @@ class RegistryFollower:
             chosen = self._candidate(name)
             if chosen is not None and chosen.version != (current.version if current else ""):
                 if self._exploring.get(name) != (chosen.version, chosen.source):
+                    self._release(name)
                     futures += self._offer(chosen, serve=False)
                     self._exploring[name] = (chosen.version, chosen.source)
                     self._base.setdefault((name, chosen.version), explored(chosen.tags))
@@ -88,7 +92,7 @@ class RegistryFollower:
                     self.explorer.set_candidate(name, chosen.version)
             elif name in self._exploring and self.explorer is not None:
                 self.explorer.set_candidate(name, "")
-                del self._exploring[name]
+                self._release(name)
         return futures
 
     def flush(self) -> None:
@@ -134,6 +138,12 @@ class RegistryFollower:
         if at:
             return self.registry.get(model, version) if model == name else None
         return self.registry.alias(name, self.candidate)
+
+    def _release(self, name: str) -> None:
+        """Unload the model's previous candidate, unless it serves now (it was promoted)."""
+        previous = self._exploring.pop(name, None)
+        if previous is not None:
+            self.repository.release(name, previous[0])
 
     def _offer(self, version: Version, *, serve: bool) -> list[Future[None]]:
         path = self.registry.local_path(version)

@@ -271,6 +271,18 @@ class Repository:
             self._pending[(spec.model, spec.version)] = future
             return future
 
+    def release(self, name: str, version: str) -> None:
+        """Stop holding a candidate aside: unloaded unless it serves now (its queue drains first)."""
+        with self._lock:
+            model = self.models.get(name)
+            if model is None or version not in model.held:
+                return
+            model.held.discard(version)
+            held = model.versions.get(version)
+            if held is not None and held is not model.serving and held.state in ("ready", "loading"):
+                model.retired.add(version)  # NOTE: a load still running must not make it serve afterwards
+                self._unload_version(held, "no longer a candidate")
+
     def _failed(self, spec: VersionSpec, reason: str) -> None:
         _log.error("%s version %s never serves: %s", spec.model, spec.version, reason)
         with self._lock:
