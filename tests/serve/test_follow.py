@@ -127,7 +127,7 @@ def test_a_candidate_taking_a_share_answers_some_requests_and_its_drift_is_recor
     registry.promote("test.tiny", "1")
     expected = {"1": _expected(tiny_versions["a"]).ravel(), "2": _expected(tiny_versions["b"]).ravel()}
     repository = Repository(options=ServeOptions(max_batch=1))
-    follower = follow_registry(repository, uri, candidate="test.tiny@2", share=0.5, poll_s=0.1)
+    follower = follow_registry(repository, uri, models=["test.tiny"], candidate="test.tiny@2", share=0.5, poll_s=0.1)
     assert follower.explorer is not None
     follower.explorer._random.seed(3)
     try:

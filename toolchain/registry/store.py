@@ -263,16 +263,17 @@ class ModelRegistry:
         candidate = self.get(name, version)
         report = self._verify(self.local_path(candidate))
         current = self.production(name)
+        budgets = budgets or self.budgets(name)
         check = check_promotion(
             candidate.version,
             candidate.evidence,
             verified="" if report else _first_failure(report),
             production=(current.version, current.evidence) if current else None,
-            budgets=budgets or self.budgets(name),
+            budgets=budgets,
         )
         if candidate.status == "retired":
             check = PromotionCheck(check.version, check.production, ("is retired", *check.problems), check.notes)
-        return check_exploration(check, explored(candidate.tags), budgets or self.budgets(name))
+        return check_exploration(check, explored(candidate.tags), budgets)
 
     @_explained
     def promote(
