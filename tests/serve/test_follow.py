@@ -254,3 +254,34 @@ def test_a_candidate_replaced_by_another_is_unloaded(tiny_versions: dict[str, Pa
     finally:
         follower.close()
         repository.close()
+
+
+def test_a_copy_the_candidate_cannot_take_is_dropped_and_counted() -> None:
+    from toolchain.serve.batching import QueueFull
+    from toolchain.serve.repository import Model, ModelVersion
+    from toolchain.serve.shadow import Explorer
+    from toolchain.serve.versions import VersionSpec
+
+    class Full:
+        def submit(self, feeds: object, *, deadline: float) -> None:
+            raise QueueFull("1 requests are waiting or running (the limit)")
+
+        def close(self) -> None:
+            pass
+
+    repository = Repository()
+    model = Model("m")
+    for name in ("1", "2"):
+        version = ModelVersion(VersionSpec("m", name, Path(name)), repository.metrics.version("m", name), "ready")
+        version.batcher = Full()  # type: ignore[assignment]
+        model.versions[name] = version
+    model.serving = model.versions["1"]
+    repository.models["m"] = model
+    explorer = Explorer(repository)
+    explorer.set_candidate("m", "2")
+    for _ in range(3):
+        explorer.observe(model.serving, {"x": X}, {"y": X}, 0.001)
+    (found,) = explorer.snapshot()
+    assert (found.version, found.requests, found.dropped) == ("2", 0, 3)
+    assert explorer.route(model, model.serving) is model.serving  # NOTE: shadow mode never answers by the candidate
+    repository.close()
