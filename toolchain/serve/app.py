@@ -37,7 +37,6 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message],
 _OFFLOAD_BYTES = 256 << 10
 """Bodies at least this large are decoded in a thread, so the event loop (and liveness) never waits on them."""
 _OPEN = ("/v2/health/live", "/v2/health/ready")
-_log = logging.getLogger("toolchain.serve")
 
 
 def create_app(repository: Repository, *, token: str = "") -> FastAPI:
@@ -181,6 +180,9 @@ def create_app(repository: Repository, *, token: str = "") -> FastAPI:
     if token:
         app.add_middleware(_BearerToken, token=token)
     return app
+
+
+_log = logging.getLogger("toolchain.serve")
 
 
 def _explore(explorer: Any, answered: ModelVersion, feeds: Any, outputs: Any, seconds: float) -> None:
