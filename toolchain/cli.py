@@ -859,7 +859,8 @@ def registry_show(
 @_one_line_errors
 def registry_compare(name: Annotated[str, typer.Argument(help="Registered model name.")]) -> None:
     """Versions side by side: drift, latency at batch 1/16 where recorded, size, ops, signature."""
-    from toolchain.registry.table import compare_table, exploration_table
+    from toolchain.registry.explored import exploration_table
+    from toolchain.registry.table import compare_table
 
     versions = _registry().versions(name)
     typer.echo(compare_table(versions))

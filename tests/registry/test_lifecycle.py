@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 import zoo  # noqa: F401 - registers the zoo's models
+from tests.registry.postgres import postgres_cluster, registry_uri  # noqa: F401 - fixtures
 from toolchain.build.pipeline import export_package
 from toolchain.cli import app
 from toolchain.core.spec import SPECS
@@ -114,7 +115,7 @@ def _cli(*args: str, code: int = 0) -> str:
     return result.output
 
 
-def test_lifecycle_end_to_end(registry_uri: str, versions: dict[str, Path], monkeypatch, tmp_path: Path) -> None:
+def test_lifecycle_end_to_end(registry_uri: str, versions: dict[str, Path], monkeypatch, tmp_path: Path) -> None:  # noqa: F811
     monkeypatch.setenv("TOOLCHAIN_REGISTRY_URI", registry_uri)
     monkeypatch.setenv("TOOLCHAIN_USER", "alice")
     for key in ("v1", "v2", "big"):

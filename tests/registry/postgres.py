@@ -1,3 +1,5 @@
+"""PostgreSQL for the registry tests: a cluster per session, a fresh database per test (import the fixtures)."""
+
 from __future__ import annotations
 
 import os
