@@ -694,13 +694,31 @@ def serve(
     ray: Annotated[bool, typer.Option("--ray", help="Deploy as a Ray Serve application instead.")] = False,
     replicas: Annotated[int, typer.Option("--replicas", help="Ray Serve: replicas (or the autoscaling minimum).")] = 1,
     max_replicas: Annotated[int, typer.Option("--max-replicas", help="Ray Serve: autoscale up to N replicas.")] = 0,
+    registry: Annotated[
+        str, typer.Option("--registry", help="Serve what --alias names in this model registry (MLflow URI).")
+    ] = "",
+    alias: Annotated[str, typer.Option("--alias", help="With --registry: the alias that serves.")] = "production",
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="With --registry: follow only this model (repeatable).")
+    ] = None,
+    poll: Annotated[float, typer.Option("--poll", help="With --registry: seconds between alias checks.")] = 5.0,
+    shadow: Annotated[
+        str,
+        typer.Option(
+            "--shadow", help="With --registry: NAME@VERSION or an alias (candidate) that gets a copy of live requests."
+        ),
+    ] = "",
+    share: Annotated[
+        float, typer.Option("--share", help="With --shadow: answer this fraction of requests by it instead (0.1).")
+    ] = 0.0,
 ) -> None:
     """Serve verified packages over the Open Inference Protocol v2 (KServe v2 / Triton HTTP)."""
     from toolchain.serve.limits import Limits
     from toolchain.serve.repository import ServeOptions
 
-    if not packages and repository is None:
-        raise TargetError("give PACKAGE folders or --repository DIR to serve")
+    follow = _registry_follow(registry, alias=alias, models=model or [], poll=poll, shadow=shadow, share=share)
+    if not packages and repository is None and not registry:
+        raise TargetError("give PACKAGE folders, --repository DIR or --registry URI to serve")
     token = os.environ.get("TOOLCHAIN_SERVE_TOKEN", "")
     if token_file is not None:
         try:
@@ -714,6 +732,8 @@ def serve(
         limits=limits, trust=trust, max_batch=max_batch, max_delay_s=max_delay_ms / 1000, providers=_providers(provider)
     )
     if ray:
+        if follow is not None:
+            raise TargetError("--registry is not supported with --ray yet: serve the packages or a --repository")
         from toolchain.serve.ray_app import deploy
 
         deploy(list(packages or []), root=repository, options=options, host=host, port=port, token=token,
@@ -722,7 +742,30 @@ def serve(
     from toolchain.serve.server import serve as run_server
 
     run_server(list(packages or []), root=repository, options=options, host=host, port=port, token=token,
-               watch_s=watch)  # fmt: skip
+               watch_s=watch, follow=follow)  # fmt: skip
+
+
+def _registry_follow(uri: str, *, alias: str, models: list[str], poll: float, shadow: str, share: float) -> Any:
+    """The `serve(follow=...)` hook for --registry (None without it); options checked before anything loads."""
+    if not uri:
+        if shadow or share or models:
+            raise TargetError("--shadow, --share and --model need --registry URI")
+        return None
+    if not 0 < poll <= 3600:
+        raise TargetError(f"--poll {poll}: expected seconds between registry checks, above 0 and at most 3600")
+    if share and not shadow:
+        raise TargetError("--share needs --shadow NAME@VERSION or an alias: which version takes the share")
+    if not 0 <= share <= 1:
+        raise TargetError(f"--share {share}: expected a fraction of requests from 0 to 1 (e.g. 0.1)")
+
+    def follow(repository: Any) -> Any:
+        from toolchain.serve.follow import follow_registry
+
+        return follow_registry(
+            repository, uri, alias=alias, models=models, candidate=shadow, share=share, poll_s=poll
+        )  # fmt: skip
+
+    return follow
 
 
 @app.command()
@@ -816,9 +859,14 @@ def registry_show(
 @_one_line_errors
 def registry_compare(name: Annotated[str, typer.Argument(help="Registered model name.")]) -> None:
     """Versions side by side: drift, latency at batch 1/16 where recorded, size, ops, signature."""
+    from toolchain.registry.explored import exploration_table
     from toolchain.registry.table import compare_table
 
-    typer.echo(compare_table(_registry().versions(name)))
+    versions = _registry().versions(name)
+    typer.echo(compare_table(versions))
+    explored = exploration_table(versions)
+    if explored:
+        typer.echo(explored)
 
 
 @registry_app.command("promote")
@@ -848,16 +896,22 @@ def registry_budget(
         float | None, typer.Option("--size", help="Allowed artifact size growth against production.")
     ] = None,
     reason: Annotated[str, typer.Option("--reason", help="Why; recorded in the log.")] = "",
+    min_shadowed: Annotated[
+        int | None,
+        typer.Option("--min-shadowed", help="Requests a candidate must answer beside production (serve --shadow)."),
+    ] = None,
 ) -> None:
     """Show, or declare, how much worse than production a version may be before promotion is refused."""
     from dataclasses import replace
 
     registry = _registry()
     budgets = registry.budgets(name)
-    if latency is not None or size is not None:
-        budgets = replace(budgets, **{k: v for k, v in (("latency", latency), ("size", size)) if v is not None})
+    given = (("latency", latency), ("size", size), ("min_shadowed", min_shadowed))
+    if any(v is not None for _, v in given):
+        budgets = replace(budgets, **{k: v for k, v in given if v is not None})
         registry.declare_budgets(name, budgets, reason=reason)
-    typer.echo(f"{name}: latency +{budgets.latency:.0%}, size +{budgets.size:.0%} against production")
+    shadowed = f", at least {budgets.min_shadowed} shadowed requests" if budgets.min_shadowed else ""
+    typer.echo(f"{name}: latency +{budgets.latency:.0%}, size +{budgets.size:.0%} against production{shadowed}")
 
 
 @registry_app.command("retire")

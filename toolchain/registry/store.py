@@ -15,6 +15,7 @@ import functools
 import getpass
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -31,7 +32,15 @@ from toolchain.package.format import open_package
 from toolchain.package.trust import toolchain_home
 from toolchain.package.verify import VerificationReport, verify_package
 from toolchain.registry.evidence import Evidence, read_evidence
-from toolchain.registry.rules import DEFAULT_BUDGETS, Budgets, PromotionCheck, check_promotion
+from toolchain.registry.rules import (
+    DEFAULT_BUDGETS,
+    EXPLORE_TAG,
+    Budgets,
+    PromotionCheck,
+    check_exploration,
+    check_promotion,
+    explored,
+)
 
 __all__ = ["PRODUCTION", "LogEntry", "ModelRegistry", "Version", "check_name", "default_uri", "who"]
 
@@ -39,6 +48,7 @@ PRODUCTION = "production"
 _LOG = "toolchain.log."
 _STATUS = "toolchain.status"
 _BUDGET = "toolchain.budget."
+_EXPLORE = EXPLORE_TAG
 _EXPERIMENT = "toolchain-registry"
 _EVAL = "toolchain.eval."
 _FAMILY = "toolchain.family"
@@ -225,6 +235,7 @@ class ModelRegistry:
             return Budgets(
                 latency=float(tags.get(_BUDGET + "latency", DEFAULT_BUDGETS.latency)),
                 size=float(tags.get(_BUDGET + "size", DEFAULT_BUDGETS.size)),
+                min_shadowed=int(tags.get(_BUDGET + "min_shadowed", DEFAULT_BUDGETS.min_shadowed)),
             )
         except ValueError as e:
             raise RegistryError(f"{name}: a budget tag is not a number ({e}); declare it again") from None
@@ -235,10 +246,15 @@ class ModelRegistry:
         for key, value in (("latency", budgets.latency), ("size", budgets.size)):
             if not 0 <= value < 1000:
                 raise RegistryError(f"{key} budget {value} must be a share of production's value, from 0 (e.g. 0.1)")
+        if not 0 <= budgets.min_shadowed < 1 << 40:
+            raise RegistryError(f"--min-shadowed {budgets.min_shadowed} must be a count of requests, from 0")
         self.versions(name)  # NOTE: only for a registered model; names a missing one with what exists.
         self._client.set_registered_model_tag(name, _BUDGET + "latency", repr(budgets.latency))
         self._client.set_registered_model_tag(name, _BUDGET + "size", repr(budgets.size))
         declared = f"latency +{budgets.latency:.0%}, size +{budgets.size:.0%}"
+        if budgets.min_shadowed:
+            declared += f", at least {budgets.min_shadowed} shadowed requests"
+        self._client.set_registered_model_tag(name, _BUDGET + "min_shadowed", str(budgets.min_shadowed))
         self._log(name, "budget", "-", why=f"{declared}: {reason}" if reason else declared)
         return budgets
 
@@ -250,16 +266,17 @@ class ModelRegistry:
         candidate = self.get(name, version)
         report = self._verify(self.local_path(candidate))
         current = self.production(name)
+        budgets = budgets or self.budgets(name)
         check = check_promotion(
             candidate.version,
             candidate.evidence,
             verified="" if report else _first_failure(report),
             production=(current.version, current.evidence) if current else None,
-            budgets=budgets or self.budgets(name),
+            budgets=budgets,
         )
         if candidate.status == "retired":
             check = PromotionCheck(check.version, check.production, ("is retired", *check.problems), check.notes)
-        return check
+        return check_exploration(check, explored(candidate.tags), budgets)
 
     @_explained
     def promote(
@@ -272,7 +289,7 @@ class ModelRegistry:
                 `force` was given without a reason.
         """
         if to != PRODUCTION:
-            raise RegistryError(f"--to {to!r}: the registry promotes to {PRODUCTION!r} only")
+            return self.set_alias(name, version, to, reason=reason)
         if force and not reason.strip():
             raise RegistryError("--force needs --reason: an override is recorded with why it was made")
         check = self.check(name, version)
@@ -309,6 +326,48 @@ class ModelRegistry:
         self._client.set_model_version_tag(name, version, "toolchain.retired_reason", reason)
         self._log(name, "retire", version, why=reason, forced=target.status == PRODUCTION)
         return self.get(name, version)
+
+    @_explained
+    def alias(self, name: str, alias: str) -> Version | None:
+        """The version `alias` names (``production``, ``candidate``, ...), if any."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._version(self._client.get_model_version_by_alias(check_name(name), alias))
+        except MlflowException:
+            return None
+
+    @_explained
+    def set_alias(self, name: str, version: str, alias: str, *, reason: str = "") -> PromotionCheck:
+        """Point an alias other than production (e.g. ``candidate``, to shadow production) at `version`.
+
+        No promotion rule applies: such an alias serves only as a shadow or a declared share. Logged.
+        """
+        if alias == PRODUCTION or not _NAME.match(alias) or alias.isdigit() or alias.lower() == "latest":
+            raise RegistryError(
+                f"alias {alias!r}: expected a name of letters, digits, '.', '_' or '-', not a number, 'latest' or "
+                f"{PRODUCTION!r} (use promote for that)"
+            )
+        target = self.get(name, version)
+        if target.status == "retired":
+            raise RegistryError(f"{name} version {version} is retired; it cannot become {alias!r}")
+        self._client.set_registered_model_alias(name, alias, version)
+        self._log(name, f"alias {alias}", version, why=reason)
+        return PromotionCheck(version, "", (), (f"{alias!r} is not production: no promotion rule applies",))
+
+    @_explained
+    def record_exploration(self, name: str, version: str, values: dict[str, float | int | str]) -> None:
+        """Store what serving `version` beside production showed (``toolchain serve --shadow/--share``).
+
+        The values become version tags ``toolchain.explore.<key>`` (shown by ``compare``, searchable) and,
+        the numbers, metrics of the version's run (their history across flushes, in the MLflow UI).
+        """
+        client = self._client
+        run_id = client.get_model_version(check_name(name), version).run_id
+        for key, value in values.items():
+            client.set_model_version_tag(name, version, _EXPLORE + key, str(value))
+            if run_id and isinstance(value, int | float) and math.isfinite(value):
+                client.log_metric(run_id, f"explore.{key}", float(value), step=int(values.get("requests", 0)))
 
     @_explained
     def log(self, name: str) -> list[LogEntry]:
