@@ -705,13 +705,31 @@ def serve(
     ray: Annotated[bool, typer.Option("--ray", help="Deploy as a Ray Serve application instead.")] = False,
     replicas: Annotated[int, typer.Option("--replicas", help="Ray Serve: replicas (or the autoscaling minimum).")] = 1,
     max_replicas: Annotated[int, typer.Option("--max-replicas", help="Ray Serve: autoscale up to N replicas.")] = 0,
+    registry: Annotated[
+        str, typer.Option("--registry", help="Serve what --alias names in this model registry (MLflow URI).")
+    ] = "",
+    alias: Annotated[str, typer.Option("--alias", help="With --registry: the alias that serves.")] = "production",
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="With --registry: follow only this model (repeatable).")
+    ] = None,
+    poll: Annotated[float, typer.Option("--poll", help="With --registry: seconds between alias checks.")] = 5.0,
+    shadow: Annotated[
+        str,
+        typer.Option(
+            "--shadow", help="With --registry: NAME@VERSION or an alias (candidate) that gets a copy of live requests."
+        ),
+    ] = "",
+    share: Annotated[
+        float, typer.Option("--share", help="With --shadow: answer this fraction of requests by it instead (0.1).")
+    ] = 0.0,
 ) -> None:
     """Serve verified packages over the Open Inference Protocol v2 (KServe v2 / Triton HTTP)."""
     from toolchain.serve.limits import Limits
     from toolchain.serve.repository import ServeOptions
 
-    if not packages and repository is None:
-        raise TargetError("give PACKAGE folders or --repository DIR to serve")
+    follow = _registry_follow(registry, alias=alias, models=model or [], poll=poll, shadow=shadow, share=share)
+    if not packages and repository is None and not registry:
+        raise TargetError("give PACKAGE folders, --repository DIR or --registry URI to serve")
     token = os.environ.get("TOOLCHAIN_SERVE_TOKEN", "")
     if token_file is not None:
         try:
@@ -725,6 +743,8 @@ def serve(
         limits=limits, trust=trust, max_batch=max_batch, max_delay_s=max_delay_ms / 1000, providers=_providers(provider)
     )
     if ray:
+        if follow is not None:
+            raise TargetError("--registry is not supported with --ray yet: serve the packages or a --repository")
         from toolchain.serve.ray_app import deploy
 
         deploy(list(packages or []), root=repository, options=options, host=host, port=port, token=token,
@@ -733,7 +753,30 @@ def serve(
     from toolchain.serve.server import serve as run_server
 
     run_server(list(packages or []), root=repository, options=options, host=host, port=port, token=token,
-               watch_s=watch)  # fmt: skip
+               watch_s=watch, follow=follow)  # fmt: skip
+
+
+def _registry_follow(uri: str, *, alias: str, models: list[str], poll: float, shadow: str, share: float) -> Any:
+    """The `serve(follow=...)` hook for --registry (None without it); options checked before anything loads."""
+    if not uri:
+        if shadow or share or models:
+            raise TargetError("--shadow, --share and --model need --registry URI")
+        return None
+    if not 0 < poll <= 3600:
+        raise TargetError(f"--poll {poll}: expected seconds between registry checks, above 0 and at most 3600")
+    if share and not shadow:
+        raise TargetError("--share needs --shadow NAME@VERSION or an alias: which version takes the share")
+    if not 0 <= share <= 1:
+        raise TargetError(f"--share {share}: expected a fraction of requests from 0 to 1 (e.g. 0.1)")
+
+    def follow(repository: Any) -> Any:
+        from toolchain.serve.follow import follow_registry
+
+        return follow_registry(
+            repository, uri, alias=alias, models=models, candidate=shadow, share=share, poll_s=poll
+        )  # fmt: skip
+
+    return follow
 
 
 @app.command()
@@ -827,9 +870,14 @@ def registry_show(
 @_one_line_errors
 def registry_compare(name: Annotated[str, typer.Argument(help="Registered model name.")]) -> None:
     """Versions side by side: drift, latency at batch 1/16 where recorded, size, ops, signature."""
+    from toolchain.registry.explored import exploration_table
     from toolchain.registry.table import compare_table
 
-    typer.echo(compare_table(_registry().versions(name)))
+    versions = _registry().versions(name)
+    typer.echo(compare_table(versions))
+    explored = exploration_table(versions)
+    if explored:
+        typer.echo(explored)
 
 
 @registry_app.command("promote")
@@ -859,16 +907,22 @@ def registry_budget(
         float | None, typer.Option("--size", help="Allowed artifact size growth against production.")
     ] = None,
     reason: Annotated[str, typer.Option("--reason", help="Why; recorded in the log.")] = "",
+    min_shadowed: Annotated[
+        int | None,
+        typer.Option("--min-shadowed", help="Requests a candidate must answer beside production (serve --shadow)."),
+    ] = None,
 ) -> None:
     """Show, or declare, how much worse than production a version may be before promotion is refused."""
     from dataclasses import replace
 
     registry = _registry()
     budgets = registry.budgets(name)
-    if latency is not None or size is not None:
-        budgets = replace(budgets, **{k: v for k, v in (("latency", latency), ("size", size)) if v is not None})
+    given = (("latency", latency), ("size", size), ("min_shadowed", min_shadowed))
+    if any(v is not None for _, v in given):
+        budgets = replace(budgets, **{k: v for k, v in given if v is not None})
         registry.declare_budgets(name, budgets, reason=reason)
-    typer.echo(f"{name}: latency +{budgets.latency:.0%}, size +{budgets.size:.0%} against production")
+    shadowed = f", at least {budgets.min_shadowed} shadowed requests" if budgets.min_shadowed else ""
+    typer.echo(f"{name}: latency +{budgets.latency:.0%}, size +{budgets.size:.0%} against production{shadowed}")
 
 
 @registry_app.command("retire")
@@ -890,6 +944,72 @@ def registry_log(name: Annotated[str, typer.Argument(help="Registered model name
     """Every transition of a model: who, when, what, why."""
     for entry in _registry().log(name):
         typer.echo(entry.describe())
+
+
+@registry_app.command("tag")
+@_one_line_errors
+def registry_tag(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    family: Annotated[str, typer.Option("--family", help="The family (task) this model belongs to, for `peers`.")],
+    margin: Annotated[
+        float | None,
+        typer.Option("--margin", help="Declare the family's margin: how far behind the best metric a peer may be."),
+    ] = None,
+) -> None:
+    """Declare a model's family (its peers), and optionally the family's margin."""
+    _registry().set_family(name, family, margin=margin)
+    typer.echo(f"{name}: family {family}" + (f", margin {margin:g}" if margin is not None else ""))
+
+
+@registry_app.command("peers")
+@_one_line_errors
+def registry_peers(
+    family: Annotated[str, typer.Argument(help="A declared family, or a signature hash (8+ hex digits).")],
+    margin: Annotated[
+        float | None, typer.Option("--margin", help="Use this margin instead of the family's declared one.")
+    ] = None,
+) -> None:
+    """Rank a family's models on their evaluation metric, then cost; flag those behind the best."""
+    from toolchain.registry.peers import rank_peers
+    from toolchain.registry.table import peers_table
+
+    typer.echo(peers_table(rank_peers(_registry(), family, margin=margin)))
+
+
+@app.command("evaluate")
+@_one_line_errors
+def evaluate(
+    package: Annotated[Path, typer.Argument(help="Package folder.")],
+    data: Annotated[Path, typer.Option("--data", help=".npz with one array per input, or .npy for one input.")],
+    labels: Annotated[str, typer.Option("--labels", help="A .npy/.npz file, or the name of an array in --data.")],
+    metric: Annotated[
+        str, typer.Option("--metric", help="Override the spec's metric: accuracy, top5, auc, ndcg@10, cosine[:OUTPUT].")
+    ] = "",
+    groups: Annotated[str, typer.Option("--groups", help="Query ids for ndcg@K: a file or an array in --data.")] = "",
+    trust: Annotated[bool, typer.Option("--trust", help="Allow a recommended TorchScript/.pt2 artifact.")] = False,
+    registry: Annotated[
+        str, typer.Option("--registry", help="Registry URI to record into (default $TOOLCHAIN_REGISTRY_URI).")
+    ] = "",
+    name: Annotated[str, typer.Option("--name", help="Record into this registered model.")] = "",
+    version: Annotated[str, typer.Option("--version", help="Its version (default production, else latest).")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Compute the spec's task metric on labelled data with the recommended artifact; record it in the registry."""
+    import json
+
+    from toolchain.evaluate import evaluate_package
+
+    result = evaluate_package(package, data, labels, metric=metric, groups=groups, trust=trust)
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.describe())
+    if name or registry:
+        from toolchain.package.format import open_package
+        from toolchain.registry.store import ModelRegistry
+
+        keys = ("metric", "value", "examples", "data_sha256", "artifact")
+        recorded = ModelRegistry(registry).record_evaluation(
+            name or open_package(package).name, version, package, {k: str(getattr(result, k)) for k in keys}
+        )
+        typer.echo(f"recorded in {recorded.name} version {recorded.version}", err=as_json)
 
 
 def _resolve_target(target: str) -> ModelSpec:

@@ -84,7 +84,7 @@ def _verifier_linear(*, diff: tuple[float, float], prod: tuple[float, float], bi
         "height": Dim(example=64, min=32, max=160),
         "width": Dim(example=64, min=32, max=160),
     },
-    tags=("vision", "face", "embedding"),
+    tags=("vision", "face", "embedding", "metric:cosine"),
     checks=[TaskCheck.cosine("embedding")],
 )
 class FaceEmbedder(nn.Module):
@@ -126,7 +126,7 @@ _PAIR_DIMS = {"batch": Dim(example=8, min=1, max=1024)}
     inputs=_PAIR_INPUTS,
     outputs=["probability"],
     dims=_PAIR_DIMS,
-    tags=("face", "matcher", "linear"),
+    tags=("face", "matcher", "linear", "metric:auc"),
     checks=[TaskCheck.ranking("probability")],
     samples=_pair_samples(1),
 )
@@ -148,7 +148,7 @@ class LogisticMatcher(nn.Module):
     inputs=_PAIR_INPUTS,
     outputs=["margin"],
     dims=_PAIR_DIMS,
-    tags=("face", "matcher", "linear"),
+    tags=("face", "matcher", "linear", "metric:auc"),
     checks=[TaskCheck.ranking("margin")],
     samples=_pair_samples(2),
 )

@@ -40,7 +40,7 @@ def _mlp(*widths: int) -> nn.Sequential:
     },
     outputs=["score"],
     dims={"batch": Dim(example=8, min=1, max=512)},
-    tags=("ranking", "feed"),
+    tags=("ranking", "feed", "metric:auc"),
     checks=[TaskCheck.ranking("score")],
 )
 class DLRMSmall(nn.Module):
@@ -91,7 +91,7 @@ class _Interaction(nn.Module):
     },
     outputs=["score"],
     dims={"batch": Dim(example=6, min=1, max=512), **{f"nnz{t}": Dim(example=14, min=1) for t in range(4)}},
-    tags=("ranking", "feed", "ragged"),
+    tags=("ranking", "feed", "ragged", "metric:auc"),
     checks=[TaskCheck.ranking("score")],
 )
 class DLRMRagged(nn.Module):

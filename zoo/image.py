@@ -33,7 +33,7 @@ def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
         "height": Dim(example=32, min=16, max=96),
         "width": Dim(example=32, min=16, max=96),
     },
-    tags=("vision", "classifier"),
+    tags=("vision", "classifier", "metric:accuracy"),
     checks=[TaskCheck.top1("logits")],
 )
 class SmallCNN(nn.Module):
@@ -83,7 +83,7 @@ class BasicBlock(nn.Module):
     inputs={"image": ("batch", 3, "height", "width")},
     outputs=["logits"],
     dims=_IMAGE_DIMS,
-    tags=("vision", "classifier", "residual"),
+    tags=("vision", "classifier", "residual", "metric:accuracy"),
     checks=[TaskCheck.top1("logits")],
 )
 class ResNetSmall(nn.Module):
@@ -144,7 +144,7 @@ _MOBILENET_STAGES = ((1, 8, 1, 1), (6, 12, 2, 2), (6, 16, 3, 2))
     inputs={"image": ("batch", 3, "height", "width")},
     outputs=["logits"],
     dims=_IMAGE_DIMS,
-    tags=("vision", "classifier", "mobile"),
+    tags=("vision", "classifier", "mobile", "metric:accuracy"),
     checks=[TaskCheck.top1("logits")],
 )
 class MobileNetV2Small(nn.Module):

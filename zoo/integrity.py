@@ -189,7 +189,7 @@ def _threshold_samples() -> dict[str, dict[str, np.ndarray]]:
     inputs={"features": Input.normal(("batch", FEATURES))},
     outputs=["probability", "score"],
     dims={"batch": Dim(example=16, min=1, max=4096)},
-    tags=("integrity", "classifier", "trees"),
+    tags=("integrity", "classifier", "trees", "metric:auc:probability"),
     checks=[TaskCheck.ranking("probability")],
     samples=_threshold_samples(),
 )

@@ -85,7 +85,7 @@ class _Encoder(nn.Module):
     # "embedding" and renames the graph output onto it, an invalid model (duplicate name).
     outputs=["text_embedding"],
     dims={"batch": Dim(example=4, min=1, max=64), "seq": Dim(example=16, min=1, max=MAX_LEN)},
-    tags=("search", "text", "encoder"),
+    tags=("search", "text", "encoder", "metric:cosine"),
     checks=[TaskCheck.cosine("text_embedding")],
 )
 class TextEncoder(nn.Module):
@@ -141,7 +141,7 @@ class _BagTower(nn.Module):
         "qlen": Dim(example=8, min=1, max=32),
         "dlen": Dim(example=24, min=1, max=MAX_LEN),
     },
-    tags=("search", "retrieval", "ranking"),
+    tags=("search", "retrieval", "ranking", "metric:auc"),
     checks=[TaskCheck.ranking("score")],
 )
 class TwoTower(nn.Module):

@@ -127,7 +127,7 @@ def _longest_samples() -> dict[str, dict[str, np.ndarray]]:
     },
     outputs=["log_probs", "lengths"],
     dims={"batch": Dim(example=4, min=1, max=64), "frames": Dim(example=32, min=1, max=400)},
-    tags=("speech", "asr", "ctc"),
+    tags=("speech", "asr", "ctc", "metric:accuracy:log_probs"),
     checks=[TaskCheck.top1("log_probs")],
     formats=("onnx", "onnx_legacy", "torchscript", "torchscript_trace"),
     samples=_longest_samples(),

@@ -117,7 +117,7 @@ class _DecoderLayer(nn.Module):
     },
     outputs=["logits"],
     dims={**_DIMS, "tgt_len": Dim(example=10, min=1, max=MAX_LEN)},
-    tags=("translation", "text", "encoder-decoder"),
+    tags=("translation", "text", "encoder-decoder", "metric:accuracy"),
     checks=[TaskCheck.top1("logits")],
 )
 class Seq2Seq(nn.Module):

@@ -106,4 +106,4 @@ def test_serve_command_starts_on_loopback_and_answers(tiny_package: Path, tmp_pa
     missing = subprocess.run(
         [sys.executable, "-m", "toolchain.cli", "serve"], env=env, capture_output=True, text=True, check=False
     )
-    assert missing.returncode == 1 and "give PACKAGE folders or --repository DIR" in missing.stderr
+    assert missing.returncode == 1 and "give PACKAGE folders, --repository DIR or --registry URI" in missing.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "EvaluationError",
     "ExportError",
     "FeedError",
     "GateError",
@@ -76,3 +77,7 @@ class HostError(ToolchainError):
 
 class RegistryError(ToolchainError):
     """The model registry refused an action (a promotion against its rules) or cannot find what was named."""
+
+
+class EvaluationError(ToolchainError):
+    """Labelled data given to `toolchain evaluate` is malformed, or no metric is declared that fits it."""

@@ -11,7 +11,18 @@ from dataclasses import dataclass
 
 from toolchain.registry.evidence import Evidence
 
-__all__ = ["DEFAULT_BUDGETS", "Budgets", "PromotionCheck", "check_promotion"]
+__all__ = [
+    "DEFAULT_BUDGETS",
+    "EXPLORE_TAG",
+    "Budgets",
+    "PromotionCheck",
+    "check_exploration",
+    "check_promotion",
+    "explored",
+]
+
+EXPLORE_TAG = "toolchain.explore."
+"""Prefix of the version tags that hold what serving beside production showed (`explored`)."""
 
 
 @dataclass(frozen=True)
@@ -21,10 +32,13 @@ class Budgets:
     Args:
         latency: p50 at any batch size both were benchmarked at on the same host (0.10: 10% slower).
         size: bytes of the artifacts shipped.
+        min_shadowed: see below.
     """
 
     latency: float = 0.10
     size: float = 0.10
+    min_shadowed: int = 0
+    """Requests the candidate must have answered beside production (shadow or share) before promotion."""
 
 
 DEFAULT_BUDGETS = Budgets()
@@ -97,3 +111,31 @@ def check_promotion(
     if not candidate.latency:
         notes.append("no latency recorded; run `toolchain bench` on the package before adding it to compare speed")
     return PromotionCheck(version, current_version, tuple(problems), tuple(notes))
+
+
+def explored(tags: dict[str, str]) -> dict[str, str]:
+    """The exploration record among a version's tags (``toolchain.explore.<key>`` -> value), prefix removed."""
+    return {k[len(EXPLORE_TAG) :]: v for k, v in tags.items() if k.startswith(EXPLORE_TAG)}
+
+
+def check_exploration(check: PromotionCheck, record: dict[str, str], budgets: Budgets) -> PromotionCheck:
+    """`check` with a problem added when the candidate answered fewer requests beside production than declared.
+
+    Args:
+        check: the verdict so far.
+        record: the candidate's exploration record (`explored`).
+        budgets: the declared budgets; ``min_shadowed`` 0 asks for nothing.
+    """
+    if not budgets.min_shadowed or not check.production or check.production == check.version:
+        return check
+    try:
+        shadowed = int(record.get("requests", "0"))
+    except ValueError:
+        shadowed = 0
+    if shadowed >= budgets.min_shadowed:
+        return check
+    problem = (
+        f"answered {shadowed} request(s) beside production, the rule asks for {budgets.min_shadowed} "
+        "(serve it with --shadow or --share first)"
+    )
+    return PromotionCheck(check.version, check.production, (*check.problems, problem), check.notes)

@@ -15,6 +15,7 @@ import functools
 import getpass
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -31,7 +32,15 @@ from toolchain.package.format import open_package
 from toolchain.package.trust import toolchain_home
 from toolchain.package.verify import VerificationReport, verify_package
 from toolchain.registry.evidence import Evidence, read_evidence
-from toolchain.registry.rules import DEFAULT_BUDGETS, Budgets, PromotionCheck, check_promotion
+from toolchain.registry.rules import (
+    DEFAULT_BUDGETS,
+    EXPLORE_TAG,
+    Budgets,
+    PromotionCheck,
+    check_exploration,
+    check_promotion,
+    explored,
+)
 
 __all__ = ["PRODUCTION", "LogEntry", "ModelRegistry", "Version", "check_name", "default_uri", "who"]
 
@@ -39,7 +48,11 @@ PRODUCTION = "production"
 _LOG = "toolchain.log."
 _STATUS = "toolchain.status"
 _BUDGET = "toolchain.budget."
+_EXPLORE = EXPLORE_TAG
 _EXPERIMENT = "toolchain-registry"
+_EVAL = "toolchain.eval."
+_FAMILY = "toolchain.family"
+_MARGIN = "toolchain.margin."
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -222,6 +235,7 @@ class ModelRegistry:
             return Budgets(
                 latency=float(tags.get(_BUDGET + "latency", DEFAULT_BUDGETS.latency)),
                 size=float(tags.get(_BUDGET + "size", DEFAULT_BUDGETS.size)),
+                min_shadowed=int(tags.get(_BUDGET + "min_shadowed", DEFAULT_BUDGETS.min_shadowed)),
             )
         except ValueError as e:
             raise RegistryError(f"{name}: a budget tag is not a number ({e}); declare it again") from None
@@ -232,10 +246,15 @@ class ModelRegistry:
         for key, value in (("latency", budgets.latency), ("size", budgets.size)):
             if not 0 <= value < 1000:
                 raise RegistryError(f"{key} budget {value} must be a share of production's value, from 0 (e.g. 0.1)")
+        if not 0 <= budgets.min_shadowed < 1 << 40:
+            raise RegistryError(f"--min-shadowed {budgets.min_shadowed} must be a count of requests, from 0")
         self.versions(name)  # NOTE: only for a registered model; names a missing one with what exists.
         self._client.set_registered_model_tag(name, _BUDGET + "latency", repr(budgets.latency))
         self._client.set_registered_model_tag(name, _BUDGET + "size", repr(budgets.size))
         declared = f"latency +{budgets.latency:.0%}, size +{budgets.size:.0%}"
+        if budgets.min_shadowed:
+            declared += f", at least {budgets.min_shadowed} shadowed requests"
+        self._client.set_registered_model_tag(name, _BUDGET + "min_shadowed", str(budgets.min_shadowed))
         self._log(name, "budget", "-", why=f"{declared}: {reason}" if reason else declared)
         return budgets
 
@@ -247,16 +266,17 @@ class ModelRegistry:
         candidate = self.get(name, version)
         report = self._verify(self.local_path(candidate))
         current = self.production(name)
+        budgets = budgets or self.budgets(name)
         check = check_promotion(
             candidate.version,
             candidate.evidence,
             verified="" if report else _first_failure(report),
             production=(current.version, current.evidence) if current else None,
-            budgets=budgets or self.budgets(name),
+            budgets=budgets,
         )
         if candidate.status == "retired":
             check = PromotionCheck(check.version, check.production, ("is retired", *check.problems), check.notes)
-        return check
+        return check_exploration(check, explored(candidate.tags), budgets)
 
     @_explained
     def promote(
@@ -269,7 +289,7 @@ class ModelRegistry:
                 `force` was given without a reason.
         """
         if to != PRODUCTION:
-            raise RegistryError(f"--to {to!r}: the registry promotes to {PRODUCTION!r} only")
+            return self.set_alias(name, version, to, reason=reason)
         if force and not reason.strip():
             raise RegistryError("--force needs --reason: an override is recorded with why it was made")
         check = self.check(name, version)
@@ -306,6 +326,48 @@ class ModelRegistry:
         self._client.set_model_version_tag(name, version, "toolchain.retired_reason", reason)
         self._log(name, "retire", version, why=reason, forced=target.status == PRODUCTION)
         return self.get(name, version)
+
+    @_explained
+    def alias(self, name: str, alias: str) -> Version | None:
+        """The version `alias` names (``production``, ``candidate``, ...), if any."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._version(self._client.get_model_version_by_alias(check_name(name), alias))
+        except MlflowException:
+            return None
+
+    @_explained
+    def set_alias(self, name: str, version: str, alias: str, *, reason: str = "") -> PromotionCheck:
+        """Point an alias other than production (e.g. ``candidate``, to shadow production) at `version`.
+
+        No promotion rule applies: such an alias serves only as a shadow or a declared share. Logged.
+        """
+        if alias == PRODUCTION or not _NAME.match(alias) or alias.isdigit() or alias.lower() == "latest":
+            raise RegistryError(
+                f"alias {alias!r}: expected a name of letters, digits, '.', '_' or '-', not a number, 'latest' or "
+                f"{PRODUCTION!r} (use promote for that)"
+            )
+        target = self.get(name, version)
+        if target.status == "retired":
+            raise RegistryError(f"{name} version {version} is retired; it cannot become {alias!r}")
+        self._client.set_registered_model_alias(name, alias, version)
+        self._log(name, f"alias {alias}", version, why=reason)
+        return PromotionCheck(version, "", (), (f"{alias!r} is not production: no promotion rule applies",))
+
+    @_explained
+    def record_exploration(self, name: str, version: str, values: dict[str, float | int | str]) -> None:
+        """Store what serving `version` beside production showed (``toolchain serve --shadow/--share``).
+
+        The values become version tags ``toolchain.explore.<key>`` (shown by ``compare``, searchable) and,
+        the numbers, metrics of the version's run (their history across flushes, in the MLflow UI).
+        """
+        client = self._client
+        run_id = client.get_model_version(check_name(name), version).run_id
+        for key, value in values.items():
+            client.set_model_version_tag(name, version, _EXPLORE + key, str(value))
+            if run_id and isinstance(value, int | float) and math.isfinite(value):
+                client.log_metric(run_id, f"explore.{key}", float(value), step=int(values.get("requests", 0)))
 
     @_explained
     def log(self, name: str) -> list[LogEntry]:
@@ -354,6 +416,60 @@ class ModelRegistry:
         key = f"{_LOG}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
         record = {**entry.__dict__, "findings": list(findings)}
         self._client.set_registered_model_tag(name, key, json.dumps(record))
+
+    # NOTE: evaluation and families (issue 23 points 4-5) below; kept at the end of the class for merges.
+
+    @_explained
+    def record_evaluation(self, name: str, version: str, package: Path, values: dict[str, str]) -> Version:
+        """Record an evaluation of `package`, which must be `version` of `name`, as a run metric and tags.
+
+        Args:
+            name: registered model name.
+            version: its version ('' for production, else the latest).
+            package: the package folder that was evaluated.
+            values: ``metric``, ``value``, ``examples``, ``data_sha256``, ``artifact`` (as text).
+
+        Raises:
+            RegistryError: `package` has other weights or another signature than the registered version.
+        """
+        target = self.get(name, version)
+        evaluated = read_evidence(open_package(Path(package)))
+        for what in ("weights_sha256", "signature_sha256"):
+            if getattr(evaluated, what) != getattr(target.evidence, what):
+                raise RegistryError(
+                    f"{package}: its {what} {getattr(evaluated, what)[:12]} is not that of {name} version "
+                    f"{target.version} ({getattr(target.evidence, what)[:12]}); evaluate the registered package"
+                )
+        run_id = self._client.get_model_version(name, target.version).run_id
+        if run_id:
+            self._client.log_metric(run_id, f"eval/{values['metric']}", float(values["value"]))
+        for key, value in values.items():
+            self._client.set_model_version_tag(name, target.version, _EVAL + key, value)
+        summary = f"{values['metric']} {float(values['value']):.6g} on {values['examples']} examples"
+        self._log(name, "evaluate", target.version, why=f"{summary} (data {values['data_sha256'][:12]})")
+        return self.get(name, target.version)
+
+    @_explained
+    def set_family(self, name: str, family: str, *, margin: float | None = None) -> None:
+        """Declare `name` a member of `family` (peers compare members); with `margin`, the family's margin too."""
+        if margin is not None and not 0 <= margin <= 1:
+            raise RegistryError(f"margin {margin:g} must be a metric difference from 0 to 1 (e.g. 0.02)")
+        self.versions(name)  # NOTE: only for a registered model; names a missing one with what exists.
+        self._client.set_registered_model_tag(name, _FAMILY, check_name(family))
+        self._log(name, "family", "-", why=family)
+        if margin is not None:
+            self._client.set_experiment_tag(self._experiment(), _MARGIN + family, repr(margin))
+
+    @_explained
+    def families(self) -> dict[str, str]:
+        """Registered model name -> declared family, for those that declared one."""
+        return {m.name: m.tags[_FAMILY] for m in self._client.search_registered_models() if _FAMILY in m.tags}
+
+    @_explained
+    def margin(self, family: str, *, default: float) -> float:
+        """The margin declared for `family` (`set_family`), else `default`."""
+        declared = self._client.get_experiment(self._experiment()).tags.get(_MARGIN + family)
+        return float(declared) if declared is not None else default
 
 
 def _first_failure(report: VerificationReport) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -116,6 +117,7 @@ def create_app(repository: Repository, *, token: str = "") -> FastAPI:
             assert decoded is not None
             try:
                 future = batcher.submit(decoded.feeds, deadline=deadline)
+                submitted = time.monotonic()
                 break
             except Closed:  # NOTE: swapped out since resolved: the new serving version takes it
                 target = repository.resolve(name, pinned)
@@ -129,6 +131,8 @@ def create_app(repository: Repository, *, token: str = "") -> FastAPI:
             raise RequestError(504, f"model {name!r} did not answer within {limits.timeout_s:g}s") from None
         except ToolchainError as e:
             raise RequestError(500, f"model {name!r} version {target.name} failed: {e}") from None
+        if repository.explorer is not None and pinned is None:
+            _explore(repository.explorer, target, decoded.feeds, outputs, time.monotonic() - submitted)
         if sum(v.nbytes for v in outputs.values()) >= _OFFLOAD_BYTES:
             content, headers = await run_in_threadpool(encode_response, name, target.name, decoded, outputs)
         else:
@@ -176,6 +180,21 @@ def create_app(repository: Repository, *, token: str = "") -> FastAPI:
     if token:
         app.add_middleware(_BearerToken, token=token)
     return app
+
+
+_log = logging.getLogger("toolchain.serve")
+
+
+def _explore(explorer: Any, answered: ModelVersion, feeds: Any, outputs: Any, seconds: float) -> None:
+    """Hand an answered request to the exploration of a candidate (shadow or share); never fails the request.
+
+    NOTE: the comparison runs on the other version's workers, off this response path; here only a
+    copy is queued (or dropped and counted when that version's queue is full).
+    """
+    try:
+        explorer.observe(answered, feeds, outputs, seconds)
+    except Exception:
+        _log.exception("exploring a candidate failed; the answer is unaffected")
 
 
 _INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")

@@ -88,6 +88,10 @@ class Model:
     served: list[str] = field(default_factory=list)
     retired: set[str] = field(default_factory=set)
     unloaded: bool = False
+    pinned: str = ""
+    """The version a followed registry alias names: it serves once verified, whatever its number."""
+    held: set[str] = field(default_factory=set)
+    """Versions loaded beside the serving one that never serve by themselves (shadow/share candidates)."""
 
     def ready_versions(self) -> list[str]:
         """Versions that can answer, newest first."""
@@ -125,6 +129,8 @@ class Repository:
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="toolchain-verify")
         self._pending: dict[tuple[str, str], Future[None]] = {}
         self._stop = threading.Event()
+        self.explorer: Any = None
+        """A `toolchain.serve.shadow.Explorer` when a candidate shadows or shares traffic (set by its owner)."""
 
     def start(self, *, wait: bool = False) -> None:
         """Verify and load every version found; with `wait`, return when each one has settled."""
@@ -216,12 +222,66 @@ class Repository:
             version.set_state("ready")
             if old_batcher is not None:
                 old_batcher.close()
-            newest = model.serving is None or _order(spec.version) >= _order(model.serving.name)
+            newest = self._should_serve(model, spec.version)
             if newest:
                 self._serve(model, version)
         _log.info(
             "%s version %s verified (%s)%s", spec.model, spec.version, runner.artifact, " and serving" if newest else ""
         )
+
+    def _should_serve(self, model: Model, version: str) -> bool:
+        """Whether a version that just verified takes over: the pinned one, else the newest not held aside."""
+        if model.pinned:
+            return version == model.pinned
+        if version in model.held:
+            return False
+        return model.serving is None or _order(version) >= _order(model.serving.name)
+
+    def offer(self, spec: VersionSpec, *, serve: bool) -> Future[None] | None:
+        """Verify and load `spec` from a source other than the folders (a registry alias moved to it).
+
+        With `serve` it becomes the model's pinned version: it serves as soon as it verified (at once
+        when it is already loaded from the same folder); until then, and for ever when it fails, the
+        version serving now keeps serving. Without `serve` it is held aside (a candidate).
+        Returns the pending load, or None when nothing had to be loaded.
+        """
+        with self._lock:
+            model = self.models.setdefault(spec.model, Model(spec.model))
+            model.unloaded = False
+            model.retired.discard(spec.version)
+            if serve:
+                model.pinned = spec.version
+                model.held.discard(spec.version)
+            else:
+                model.held.add(spec.version)
+            known = model.versions.get(spec.version)
+            if known is not None and known.spec.fingerprint == spec.fingerprint and known.spec.path == spec.path:
+                if known.state == "ready":
+                    if serve and model.serving is not known:
+                        self._serve(model, known)
+                        _log.info("%s version %s serving (already verified)", spec.model, spec.version)
+                    return None
+                pending = self._pending.get((spec.model, spec.version))
+                if pending is not None and not pending.done():
+                    return pending
+            if known is None or known.state != "ready":
+                model.versions[spec.version] = ModelVersion(spec, self.metrics.version(spec.model, spec.version))
+                model.versions[spec.version].set_state("loading")
+            future = self._loader.submit(self._load, spec)
+            self._pending[(spec.model, spec.version)] = future
+            return future
+
+    def release(self, name: str, version: str) -> None:
+        """Stop holding a candidate aside: unloaded unless it serves now (its queue drains first)."""
+        with self._lock:
+            model = self.models.get(name)
+            if model is None or version not in model.held:
+                return
+            model.held.discard(version)
+            held = model.versions.get(version)
+            if held is not None and held is not model.serving and held.state in ("ready", "loading"):
+                model.retired.add(version)  # NOTE: a load still running must not make it serve afterwards
+                self._unload_version(held, "no longer a candidate")
 
     def _failed(self, spec: VersionSpec, reason: str) -> None:
         _log.error("%s version %s never serves: %s", spec.model, spec.version, reason)
@@ -245,7 +305,7 @@ class Repository:
         if version.name in model.served:
             model.served.remove(version.name)
         model.served.append(version.name)
-        loaded = [v for v in model.served if model.versions[v].state == "ready"]
+        loaded = [v for v in model.served if model.versions[v].state == "ready" and v not in model.held]
         for stale in loaded[: max(0, len(loaded) - self.options.keep)]:
             self._unload_version(model.versions[stale], "replaced by newer versions")
 
@@ -305,9 +365,11 @@ class Repository:
         return model
 
     def resolve(self, name: str, version: str | None = None) -> ModelVersion:
-        """The version to run a request on: the serving one, or `version` when it is ready."""
+        """The version to run a request on: the serving one (or a candidate taking a share), or `version`."""
         model = self.get(name)
         chosen = model.serving if version is None else model.versions.get(version)
+        if version is None and self.explorer is not None:
+            chosen = self.explorer.route(model, chosen)
         if version is not None and chosen is None:
             raise RequestError(404, f"model {name!r} has no version {version[:40]!r}")
         if chosen is None or chosen.state != "ready" or chosen.batcher is None:

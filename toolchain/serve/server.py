@@ -84,11 +84,13 @@ def serve(
     token: str = "",
     watch_s: float = 0.0,
     log_level: str = "info",
+    follow: Any = None,
 ) -> None:
     """Verify and serve `packages` and/or the repository `root` until interrupted (the ``serve`` command).
 
     Refuses to listen beyond this machine without a token unless the operator chose so explicitly
-    (the CLI passes ``token`` or a non-loopback ``host`` only when asked).
+    (the CLI passes ``token`` or a non-loopback ``host`` only when asked). `follow`, when given, is called
+    with the repository before serving and returns what to ``close()`` at exit (`follow_registry`).
     """
     from toolchain.serve.app import create_app
     from toolchain.serve.repository import Repository
@@ -100,7 +102,10 @@ def serve(
     repository.start(wait=False)
     if watch_s > 0:
         repository.watch(watch_s)
+    follower = follow(repository) if follow is not None else None
     try:
         make_server(create_app(repository, token=token), host=host, port=port, log_level=log_level).run()
     finally:
+        if follower is not None:
+            follower.close()
         repository.close()
