@@ -289,11 +289,18 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
             # path the way torch.onnx does (`SharedCapture`), so both files are those a serial export ships.
             capture = SharedCapture(model, spec, result.samples[0], plan.candidates)
             lane = Lane(lambda: _eager_reference(model, spec, result.samples), units, take, progress, fork=fork)
-            lane.start()
             if fork:
-                # NOTE: the first path's export needs only the export sample: it runs while the child computes eager's.
                 progress(f"{spec.name}: export {here[0]}")
-                early = export_path(here[0], copy.deepcopy(model), spec, result.samples[0], workdirs[here[0]])
+                # NOTE: captured before the fork, so the child's .pt2 path inherits the program it shares.
+                program = capture.program_for(here[0])
+                lane.start()
+                # NOTE: the first path's export needs only the export sample: it runs while the child computes eager's.
+                early = export_path(
+                    here[0], copy.deepcopy(model), spec, result.samples[0], workdirs[here[0]], program=program
+                )
+                early = capture.credit(early) if program is not None else early
+            else:
+                lane.start()
             reference = lane.reference()
             result.findings.extend(reference.findings)
             replayer = replayer_for(reference)
