@@ -15,9 +15,7 @@ from typing import Any
 import numpy as np
 
 from exporters import EXPORTERS
-from runtimes.eager import EagerSession
 from toolchain.build.capture import SharedCapture
-from toolchain.build.fastpath import fast_path_causes
 from toolchain.build.lanes import Lane, can_fork, default_workers, lane_paths
 from toolchain.build.passes import GraphPass
 from toolchain.build.paths import (
@@ -27,16 +25,15 @@ from toolchain.build.paths import (
     export_path,
     likely_cause,
     optimize_path,
-    sizes,
     try_path,
     verify_path,
 )
 from toolchain.build.record import build_manifest, build_report
-from toolchain.build.state import reference_outputs
+from toolchain.build.reference import Reference, eager_reference
 from toolchain.build.variants import build_variants, measure_drift, variants_for
 from toolchain.core.artifact import Finding
-from toolchain.core.errors import InferenceError, PackageError, TargetError, ToolchainError
-from toolchain.core.interface import input_signature, package_signature
+from toolchain.core.errors import PackageError, TargetError, ToolchainError
+from toolchain.core.interface import package_signature
 from toolchain.core.samples import SampleSet, generate_samples
 from toolchain.core.signature import Signature
 from toolchain.core.spec import FORMATS, ModelSpec
@@ -216,27 +213,6 @@ def _candidates(formats: Sequence[str]) -> tuple[tuple[str, ...], bool]:
     return tuple(dict.fromkeys(formats)), False
 
 
-@dataclass
-class _Reference:
-    """Eager's outputs on every sample set, and what running eager found (picklable: a lane sends it)."""
-
-    expected: list[dict[str, np.ndarray]]
-    findings: list[Finding]
-    causes: dict[str, Finding]
-
-
-def _eager_reference(model: Any, spec: ModelSpec, samples: list[SampleSet]) -> _Reference:
-    signature = input_signature(spec)
-
-    def run(working: Any, sample: SampleSet) -> dict[str, np.ndarray]:
-        return _reference(EagerSession(working, signature=signature), sample, spec)
-
-    state = reference_outputs(model, samples, run)
-    fast = fast_path_causes(model, spec, samples, state.expected, run)
-    # NOTE: a forward that changed the model explains more than a fast path does, so it wins on a shared set.
-    return _Reference(state.expected, [*state.findings(), *list(fast.values())[:1]], {**fast, **state.causes()})
-
-
 def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Callable[[str], None]) -> None:
     spec = result.spec
     with result.running("build", progress):
@@ -258,14 +234,14 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
         forked = {name for unit in units for name in unit}
         replayers: list[Replayer] = []
 
-        def replayer_for(reference: _Reference) -> Replayer:
+        def replayer_for(reference: Reference) -> Replayer:
             if not replayers:
                 signature = package_signature(spec, result.samples, reference.expected)
                 replayers.append(Replayer(spec, result.samples, reference.expected, signature, causes=reference.causes))
             return replayers[0]
 
         def take(
-            name: str, reference: _Reference, tell: Callable[[str], None], early: PathResult | None = None
+            name: str, reference: Reference, tell: Callable[[str], None], early: PathResult | None = None
         ) -> PathResult:
             """Export (unless `early` did), verify and, in the lane, optimise path `name`."""
             replayer = replayer_for(reference)
@@ -288,7 +264,7 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
             # NOTE: with a lane the ONNX path exports on its own (early) and the child captures for the .pt2
             # path the way torch.onnx does (`SharedCapture`), so both files are those a serial export ships.
             capture = SharedCapture(model, spec, result.samples[0], plan.candidates)
-            lane = Lane(lambda: _eager_reference(model, spec, result.samples), units, take, progress, fork=fork)
+            lane = Lane(lambda: eager_reference(model, spec, result.samples), units, take, progress, fork=fork)
             if fork:
                 progress(f"{spec.name}: export {here[0]}")
                 # NOTE: captured before the fork, so the child's .pt2 path inherits the program it shares.
@@ -395,37 +371,6 @@ def _seal(result: ExportResult, staging: PackageStaging, out: Path, expected: li
         result.findings.append(
             Finding("trust-list", f"could not write {trust.trust_list_path()}; verify needs --trust here")
         )
-
-
-def _reference(eager: EagerSession, sample: SampleSet, spec: ModelSpec) -> dict[str, np.ndarray]:
-    try:
-        return eager.run(sample.feeds)
-    except InferenceError as e:
-        hint = _impossible_hint(spec, sample)
-        raise InferenceError(
-            f"on sample {sample.name!r} ({sizes(sample)}), which the spec declares valid: {e}{hint}"
-        ) from e
-
-
-def _impossible_hint(spec: ModelSpec, sample: SampleSet) -> str:
-    """What in the declaration may allow inputs the model never sees at this sample's sizes."""
-    hints = []
-    for name, inp in spec.inputs.items():
-        if inp.domain == "ids":
-            beyond = [sym for sym, size in sample.sizes.items() if size < inp.high - 1 and sym not in inp.symbols]
-            if beyond:
-                hints.append(
-                    f"if {name!r} counts positions along {beyond[0]!r}, declare it Input.lengths(..., "
-                    f"over={beyond[0]!r}) so no sample holds a length beyond the size of {beyond[0]!r}"
-                )
-        elif inp.domain == "mask":
-            hints.append(
-                f"if {name!r} is a padding mask, declare it Input.padding_mask (or Input.key_padding_mask) so no "
-                "generated row is fully padded"
-            )
-        elif inp.domain in ("padding_mask", "lengths") and inp.min_valid == 0:
-            hints.append(f"{name!r} allows rows with no valid position (min_valid=0); raise min_valid if it never has")
-    return "; " + "; ".join(hints) if hints else ""
 
 
 def _write_package(
