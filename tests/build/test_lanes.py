@@ -100,3 +100,26 @@ def test_eager_failing_in_the_worker_fails_the_reference_stage_with_its_message(
     assert stage is not None and stage.name == "reference"
     assert "batch of one is not supported" in stage.detail
     assert not (tmp_path / "pkg").exists()
+
+
+def test_a_failing_export_stops_its_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+    import time
+
+    parent = os.getpid()
+    real = pipeline._try
+
+    def slow_in_the_child_broken_here(name: str, *args: Any, **kwargs: Any) -> Any:
+        if os.getpid() != parent:
+            time.sleep(120)  # NOTE: a long path the parent must not wait for, nor leave running
+        elif name == "onnx":
+            raise RuntimeError("the parent fails")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_try", slow_in_the_child_broken_here)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="the parent fails"):
+        export_package(TINY, tmp_path / "pkg", workers=2)
+    assert time.monotonic() - start < 60
+    assert multiprocessing.active_children() == []
+    assert not (tmp_path / "pkg").exists() and list(tmp_path.iterdir()) == []

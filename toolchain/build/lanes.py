@@ -160,6 +160,14 @@ class Lane(Generic[R]):
             out[name] = self._results[name]
         return out
 
+    def close(self) -> None:
+        """Stop a child still running (this process gave up on the export); no-op otherwise."""
+        if self._process is not None and self._process.is_alive():
+            self._process.terminate()
+            self._process.join(timeout=10)
+        if self._reader is not None:
+            self._reader.join(timeout=10)
+
     def _read(self, receive: Connection) -> None:
         try:
             while True:

@@ -265,6 +265,7 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
             # path the way torch.onnx does (`SharedCapture`), so both files are those a serial export ships.
             capture = SharedCapture(model, spec, result.samples[0], plan.candidates)
             lane = Lane(lambda: eager_reference(model, spec, result.samples), units, take, progress, fork=fork)
+            scratch.callback(lane.close)  # NOTE: before the workdirs go, on any way out of the stage
             if fork:
                 progress(f"{spec.name}: export {here[0]}")
                 # NOTE: captured before the fork, so the child's .pt2 path inherits the program it shares.
