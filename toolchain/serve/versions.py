@@ -9,6 +9,7 @@ recommended here, per benchmarked batch, when it recorded one (code-loading arti
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,16 @@ from toolchain.package.format import open_package
 from toolchain.package.verify import VerificationReport, verify_package
 from toolchain.serve.recommended import open_recommended
 
-__all__ = ["NAME", "Runner", "VersionSpec", "check_name", "open_version", "portable_artifact"]
+__all__ = [
+    "NAME",
+    "Fingerprint",
+    "Runner",
+    "VersionSpec",
+    "check_name",
+    "fingerprint",
+    "open_version",
+    "portable_artifact",
+]
 
 _log = logging.getLogger("toolchain.serve")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -39,6 +49,29 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
+Fingerprint = tuple[tuple[str, int, int, int], ...]
+"""``(relative path, size, mtime ns, inode)`` of every file of a package folder, sorted."""
+
+
+def fingerprint(path: Path) -> Fingerprint:
+    """What a package folder holds now, from `stat` alone (nothing is read): a change means verify again.
+
+    NOTE: every file counts, not only the manifest: an artifact replaced in place (same manifest) must
+    not go unnoticed until a restart. Links are listed as themselves (verification refuses them).
+    """
+    entries = []
+    for folder, dirs, files in os.walk(path, followlinks=False):
+        dirs.sort()
+        for name in (*files, *(d for d in dirs if os.path.islink(os.path.join(folder, d)))):
+            full = os.path.join(folder, name)
+            try:
+                stat = os.lstat(full)
+            except OSError:
+                continue
+            entries.append((os.path.relpath(full, path), stat.st_size, stat.st_mtime_ns, stat.st_ino))
+    return tuple(sorted(entries))
+
+
 @dataclass(frozen=True)
 class VersionSpec:
     """Where a version comes from: model name, version name, package folder, and its fingerprint."""
@@ -46,7 +79,7 @@ class VersionSpec:
     model: str
     version: str
     path: Path
-    fingerprint: tuple[int, int] = (0, 0)
+    fingerprint: Fingerprint = ()
 
 
 @dataclass
