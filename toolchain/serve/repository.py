@@ -45,6 +45,7 @@ class ServeOptions:
         workers: threads running each version.
         providers: ONNX Runtime providers to verify and serve on.
         keep: verified versions kept loaded per model (the serving one and those to roll back to).
+        intra_op_threads: ONNX Runtime threads per operator (0: its default, every core; see `open_version`).
     """
 
     limits: Limits = field(default_factory=Limits)
@@ -54,6 +55,7 @@ class ServeOptions:
     workers: int = 1
     providers: tuple[str, ...] = ("auto",)
     keep: int = 2
+    intra_op_threads: int = 1
 
 
 @dataclass
@@ -187,7 +189,10 @@ class Repository:
 
     def _load(self, spec: VersionSpec) -> None:
         try:
-            runner = open_version(spec, trust=self.options.trust, providers=self.options.providers)
+            options = self.options
+            runner = open_version(
+                spec, trust=options.trust, providers=options.providers, intra_op_threads=options.intra_op_threads
+            )
         except ToolchainError as e:
             self._failed(spec, str(e))
             return
