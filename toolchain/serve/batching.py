@@ -78,7 +78,8 @@ class Batcher:
         plan: how to merge requests; None runs each request alone.
         max_queue: requests waiting or running; one more raises `QueueFull`.
         max_delay_s: how long a batch waits for more requests once the queue is empty (0: merge only
-            what is already waiting; that costs a lone client nothing).
+            what is already waiting). Adaptive: it waits only while requests arrive together (the
+            previous run merged several), so a lone client never pays the delay.
         workers: threads running the model.
         observe_batch: receives the rows of every run (for the batch-size metric).
         observe_depth: receives the number of requests waiting or running after every change.
@@ -105,6 +106,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._depth = 0
         self._closed = False
+        self._merging = False
         self._threads = [
             threading.Thread(target=self._work, daemon=True, name="toolchain-serve") for _ in range(workers)
         ]
@@ -161,7 +163,9 @@ class Batcher:
         group = [i for i in (first,) if self._start(i)]
         if not group or self.plan is None or first.rows >= self.plan.limit:
             return group
-        rows, waited_until = first.rows, time.monotonic() + self.max_delay_s
+        # NOTE: waiting is worth it only under load; one client at a time would pay max_delay_s per request
+        delay = self.max_delay_s if self._merging else 0.0
+        rows, waited_until = first.rows, time.monotonic() + delay
         while rows < self.plan.limit:
             if not self._queue:
                 remaining = waited_until - time.monotonic()
@@ -176,6 +180,7 @@ class Batcher:
             if self._start(nxt):
                 group.append(nxt)
                 rows += nxt.rows
+        self._merging = len(group) > 1
         return group
 
     def _start(self, item: _Item) -> bool:
