@@ -47,6 +47,8 @@ DATATYPES = {
 """OIP datatypes with a numpy dtype (``BYTES`` has none: no package takes strings)."""
 _TO_OIP = {v: k for k, v in DATATYPES.items()}
 _OIP_OF = {np.dtype(v): k for k, v in DATATYPES.items()}
+_DTYPE_OF = {k: np.dtype(v) for k, v in DATATYPES.items()}
+_RANGE = {d: (int(np.iinfo(d).min), int(np.iinfo(d).max)) for d in _DTYPE_OF.values() if d.kind in "iu"}
 """The same by dtype (no ``str(dtype)``, which runs Python code in numpy, per answer)."""
 _JSON_NUMPY = frozenset(
     np.dtype(d)
@@ -104,7 +106,8 @@ def decode_request(
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
         raise RequestError(400, "'inputs' must be a list of objects with name, shape, datatype and data")
-    by_name = _inputs_by_name(inputs, signature)
+    names = signature.input_names
+    by_name = _inputs_by_name(inputs, names)
     shapes = _check_shapes(by_name, signature, limits)
     feeds: dict[str, np.ndarray] = {}
     offset = 0
@@ -112,7 +115,8 @@ def decode_request(
     # NOTE: binary tensors follow each other in the order the request lists its inputs, not the signature's.
     for sig in (sigs[name] for name in by_name):
         tensor, shape = by_name[sig.name], shapes[sig.name]
-        declared = _declared_dtype(tensor, sig)
+        wanted = _dtype(sig.dtype)
+        declared = _declared_dtype(tensor, sig, wanted)
         size = _param(tensor, "binary_data_size")
         if size is not None:
             want = math.prod(shape) * declared.itemsize
@@ -129,10 +133,10 @@ def decode_request(
             array = raw.reshape(shape)
         else:
             array = _from_json(sig.name, tensor.get("data"), shape, declared)
-        feeds[sig.name] = _cast(sig.name, array, np.dtype(sig.dtype))
+        feeds[sig.name] = _cast(sig.name, array, wanted)
     if offset != len(binary):
         raise RequestError(400, f"{len(binary) - offset} bytes of binary data follow the last input; none expected")
-    ordered = {name: feeds[name] for name in signature.input_names}
+    ordered = {name: feeds[name] for name in names}
     return InferRequest(_request_id(request), ordered, _outputs(request, signature))
 
 
@@ -198,20 +202,20 @@ def _parse_json(header: bytes) -> Any:
         raise RequestError(400, f"request body is not valid JSON: {str(e)[:200]}") from None
 
 
-def _inputs_by_name(inputs: list[dict[str, Any]], signature: Signature) -> dict[str, dict[str, Any]]:
+def _inputs_by_name(inputs: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
     by_name: dict[str, dict[str, Any]] = {}
     for tensor in inputs:
         name = tensor.get("name")
         if not isinstance(name, str):
             raise RequestError(400, "every input needs a string 'name'")
-        if name not in signature.input_names:
-            raise RequestError(400, f"unknown input {name[:100]!r}; the model takes {signature.input_names}")
+        if name not in names:
+            raise RequestError(400, f"unknown input {name[:100]!r}; the model takes {names}")
         if name in by_name:
             raise RequestError(400, f"input {name!r} given twice")
         by_name[name] = tensor
-    missing = [n for n in signature.input_names if n not in by_name]
+    missing = [n for n in names if n not in by_name]
     if missing:
-        raise RequestError(400, f"missing input(s) {missing}; the model takes {signature.input_names}")
+        raise RequestError(400, f"missing input(s) {missing}; the model takes {names}")
     return by_name
 
 
@@ -229,7 +233,7 @@ def _check_shapes(
                 400, f"input {sig.name!r}: shape must be a list of {len(sig.shape)} sizes, got {shape!r}"[:300]
             )
         for axis, (want, got) in enumerate(zip(sig.shape, shape, strict=True)):
-            if isinstance(got, bool) or not isinstance(got, int) or got < 0:
+            if type(got) is not int or got < 0:  # NOTE: JSON gives int, never a subclass but bool
                 raise RequestError(
                     400, f"input {sig.name!r}: shape[{axis}] must be a non-negative integer, got {got!r}"[:300]
                 )
@@ -258,13 +262,24 @@ def _check_shapes(
     return shapes
 
 
-def _declared_dtype(tensor: Mapping[str, Any], sig: TensorSig) -> np.dtype[Any]:
+def _dtype(name: str) -> np.dtype[Any]:
+    """`np.dtype(name)`, looked up (the constructor parses the name every time)."""
+    found = _DTYPES.get(name)
+    if found is None:
+        found = _DTYPES[name] = np.dtype(name)
+    return found
+
+
+_DTYPES: dict[str, np.dtype[Any]] = {}
+
+
+def _declared_dtype(tensor: Mapping[str, Any], sig: TensorSig, wanted: np.dtype[Any]) -> np.dtype[Any]:
     datatype = tensor.get("datatype")
     if datatype == "BYTES":
         raise RequestError(400, f"input {sig.name!r}: BYTES given; the model takes {tensor_metadata(sig)['datatype']}")
     if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise RequestError(400, f"input {sig.name!r}: datatype {datatype!r} is not one of {sorted(DATATYPES)}"[:300])
-    declared, wanted = np.dtype(DATATYPES[datatype]), np.dtype(sig.dtype)
+    declared = _DTYPE_OF[datatype]
     if declared != wanted and not np.can_cast(declared, wanted, "safe") and not _both_integer(declared, wanted):
         raise RequestError(
             400,
@@ -294,15 +309,17 @@ def _from_json(name: str, data: Any, shape: tuple[int, ...], declared: np.dtype[
             400, f"input {name!r}: value {repr(value)[:40]} is not a {_TO_OIP[str(declared)]} JSON value"
         )
     if declared.kind in "iu":
-        info = np.iinfo(declared)
-        if flat and not (info.min <= min(flat) and max(flat) <= info.max):
+        low, high = _RANGE[declared]
+        if flat and not (low <= min(flat) and max(flat) <= high):
             raise RequestError(400, f"input {name!r}: a value lies outside the {_TO_OIP[str(declared)]} range")
+    if declared.kind != "f":
+        return np.array(flat, dtype=declared).reshape(shape)
     try:
         with np.errstate(all="ignore"):
             array = np.array(flat, dtype=declared).reshape(shape)
     except OverflowError:
         array = np.array([np.inf])
-    if declared.kind == "f" and not np.isfinite(array).all():
+    if not np.isfinite(array).all():
         raise RequestError(400, f"input {name!r}: a value lies outside the {_TO_OIP[str(declared)]} range")
     return array
 
