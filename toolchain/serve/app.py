@@ -122,7 +122,7 @@ def create_app(repository: Repository, *, token: str = "") -> FastAPI:
                     decoded = decode_request(body, signature, limits, header_length=header_length)
             assert decoded is not None
             try:
-                future = batcher.submit(decoded.feeds, deadline=deadline)
+                future = batcher.submit_async(decoded.feeds, deadline=deadline)
                 break
             except Closed:  # NOTE: swapped out since resolved: the new serving version takes it
                 target = repository.resolve(name, pinned)
@@ -133,7 +133,7 @@ def create_app(repository: Repository, *, token: str = "") -> FastAPI:
         try:
             # NOTE: asyncio.timeout, not wait_for: on 3.11 wait_for adds a waiter future and callbacks per call
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
-                outputs = await asyncio.wrap_future(future)
+                outputs = await future
         except TimeoutError:
             raise RequestError(504, f"model {name!r} did not answer within {limits.timeout_s:g}s") from None
         except ToolchainError as e:
