@@ -45,7 +45,7 @@ _HEADER_LENGTH = HEADER_LENGTH.encode()
 
 def create_app(repository: Repository, *, token: str = "") -> FastAPI:
     """The OIP v2 app serving `repository`; with `token`, every endpoint but health needs ``Bearer token``."""
-    app = FastAPI(title="toolchain serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app = _Front(title="toolchain serve", docs_url=None, redoc_url=None, openapi_url=None)
     limits = repository.options.limits
     metrics = repository.metrics
 
@@ -171,10 +171,27 @@ def create_app(repository: Repository, *, token: str = "") -> FastAPI:
     async def prometheus() -> Response:
         return Response(content=metrics.render(), media_type=CONTENT_TYPE)
 
-    app.add_middleware(_InferFastPath, handler=infer)
-    if token:
-        app.add_middleware(_BearerToken, token=token)
+    front: ASGIApp = _InferFastPath(app.routed, handler=infer)
+    app.front = _BearerToken(front, token=token) if token else front
     return app
+
+
+class _Front(FastAPI):
+    """FastAPI behind `front`: the token check and the infer fast path run before its middleware stack.
+
+    NOTE: FastAPI's own layers (its call, Starlette's, the error middleware's send wrapper) cost about
+    30 us of CPU per request (0.126 against 0.089 ms for an empty app at 32 clients); infer skips them.
+    """
+
+    front: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Enter through `front` (set by `create_app`)."""
+        await (self.front or self.routed)(scope, receive, send)
+
+    async def routed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI's own handling: middleware stack, routing, exception handlers."""
+        await super().__call__(scope, receive, send)
 
 
 _INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
