@@ -250,11 +250,35 @@ def bench_model(name: str, seconds: float, clients: tuple[int, ...], tmp: Path) 
                 rows.append(f"{name:18} {n:>3} {system:13} {rps:9.0f} {p50:8.2f} {p99:8.2f} {failed:6} {gain}")
             overhead = measured["ours"][1] - measured["in-process"][1]
             rows.append(f"{'':18} {n:>3} {'overhead p50 ours - in-process':43} {overhead:.2f} ms")
+            rows.extend(_targets(name, n, measured))
     finally:
         for process in processes:
             process.terminate()
             process.wait(30)
     return rows
+
+
+TARGET_OVERHEAD_MS = 1.0
+"""At 1 client: our p50 minus the in-process p50 (what HTTP costs)."""
+TARGET_GAIN = 1.5
+"""At 32 clients: our requests/s over the peer's (batching on), with a p99 no worse than the peer's."""
+
+
+def _targets(name: str, clients: int, measured: dict[str, tuple[float, float, float, int]]) -> list[str]:
+    """The issue's targets that apply at `clients`, each with what was measured and whether it is met."""
+    ours, peer, alone = measured["ours"], measured["peer"], measured["in-process"]
+    lines = []
+    if clients == 1:
+        overhead = ours[1] - alone[1]
+        met = overhead <= TARGET_OVERHEAD_MS
+        lines.append(f"overhead p50 {overhead:.2f} ms <= {TARGET_OVERHEAD_MS:g} ms: {'met' if met else 'NOT met'}")
+    if clients == 32:
+        gain = ours[0] / max(peer[0], 1e-9)
+        met = gain >= TARGET_GAIN
+        lines.append(f"req/s x{gain:.2f} of the peer's >= x{TARGET_GAIN:g}: {'met' if met else 'NOT met'}")
+        met = ours[2] <= peer[2] and ours[3] == 0
+        lines.append(f"p99 {ours[2]:.2f} ms <= peer's {peer[2]:.2f} ms, 0 failed: {'met' if met else 'NOT met'}")
+    return [f"{name:18} {clients:>3} target: {line}" for line in lines]
 
 
 def main() -> None:
@@ -265,13 +289,15 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8,32")
     args = parser.parse_args()
     clients = tuple(int(c) for c in args.clients.split(","))
+    print(f"(host: {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f} before the run)")
     print(f"{'model':18} {'c':>3} {'system':13} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'failed':>6}")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.names:
             for row in bench_model(name, args.seconds, clients, Path(tmp)):
                 print(row, flush=True)
     print(
-        f"(host: {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}; one run of {args.seconds:g}s per cell)"
+        f"(host: {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f} after the run; one run of "
+        f"{args.seconds:g}s per cell; targets at 1 and 32 clients, from issue 21)"
     )
 
 

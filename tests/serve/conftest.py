@@ -30,7 +30,11 @@ def serving(
     repository = Repository(packages=list(packages), root=root, options=options)
     repository.start(wait=wait)
     try:
-        with BackgroundServer(create_app(repository, token=token)) as server:
+        limits = repository.options.limits
+        app = create_app(repository, token=token)
+        with BackgroundServer(
+            app, header_timeout_s=limits.header_timeout_s, max_header_bytes=limits.max_header_bytes
+        ) as server:
             yield repository, server
     finally:
         repository.close()

@@ -76,6 +76,35 @@ def test_a_request_that_fails_in_a_merged_run_fails_alone() -> None:
     batcher.close()
 
 
+def test_the_batch_delay_is_paid_only_under_load() -> None:
+    release, runs = threading.Event(), []
+
+    def run(feeds: Any) -> dict[str, np.ndarray]:
+        release.wait(30)
+        runs.append(feeds["x"].shape[0])
+        return {"y": feeds["x"][:, :2]}
+
+    batcher = Batcher(run, plan=batch_plan(_signature((1, 8)), max_batch=8), max_queue=16, max_delay_s=60.0)
+    x = np.ones((1, 4), np.float32)
+    release.set()
+    # a lone request runs at once, not after the 60 s delay
+    assert batcher.submit({"x": x}, deadline=time.monotonic() + 120).result(30)["y"].shape == (1, 2)
+    release.clear()
+    burst = [batcher.submit({"x": x}, deadline=time.monotonic() + 120) for _ in range(3)]
+    release.set()
+    for future in burst:  # the worker held the first; the other two waited and ran merged
+        future.result(30)
+    # under load (the last run merged), a request waits for partners until the batch is full (8 rows)
+    first = batcher.submit({"x": x}, deadline=time.monotonic() + 120)
+    time.sleep(0.2)
+    second = batcher.submit({"x": np.ones((7, 4), np.float32)}, deadline=time.monotonic() + 120)
+    for future in (first, second):
+        future.result(30)
+    assert runs[0] == 1 and runs[-1] == 8, runs
+    batcher.close()
+    batcher.join(5)
+
+
 def test_batched_answers_equal_unbatched_within_the_package_tolerance(dlrm_package: Path) -> None:
     tolerance = open_package(dlrm_package).tolerance
     alone = open_version(VersionSpec("feed.dlrm_small", "1", dlrm_package))

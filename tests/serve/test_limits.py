@@ -23,7 +23,7 @@ from toolchain.serve.server import BackgroundServer
 
 pytest.importorskip("fastapi")
 
-LIMITS = Limits(max_body_bytes=1 << 20, max_elements=10_000, body_timeout_s=1.0)
+LIMITS = Limits(max_body_bytes=1 << 20, max_elements=10_000, body_timeout_s=1.0, header_timeout_s=1.0)
 INFER = "/v2/models/test.tiny/infer"
 
 
@@ -282,6 +282,46 @@ def test_row21_a_slow_client_is_cut_off(server: BackgroundServer) -> None:
     sock.close()
     assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 1s" in answer
     assert time.monotonic() - started < 20
+
+
+def _closed_while_trickling(sock: socket.socket, data: bytes) -> bool:
+    """Send `data` a byte per 0.1 s (then padding); True once the server closed the connection."""
+    for i in range(200):
+        try:
+            sock.sendall(data[i : i + 1] or b"a")
+            sock.settimeout(0.1)
+            if sock.recv(65536) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except OSError:
+            return True
+    return False
+
+
+def test_row21_headers_sent_one_byte_at_a_time_are_cut_off(server: BackgroundServer) -> None:
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        assert _closed_while_trickling(sock, f"POST {INFER} HTTP/1.1\r\nHost: x\r\nX-Pad: ".encode())
+    assert time.monotonic() - started < 20 and live(server)
+    # the next request of a kept-alive connection gets the same clock
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert _closed_while_trickling(sock, b"GET /v2/health/live HTTP/1.1\r\nX-Pad: ")
+    # a connection that never sends a byte is closed too, not held until the process runs out of sockets
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        assert sock.recv(1) == b""
+    assert live(server)
+
+
+def test_row21_headers_over_the_size_limit_get_431(tiny_package: Path) -> None:
+    with serving([tiny_package], options=ServeOptions(limits=Limits(max_header_bytes=4096))) as (_, background):
+        pad = "p" * 1000
+        headers = {f"X-Pad-{i}": pad for i in range(8)}
+        assert request(background, "GET", "/v2/health/live", headers=headers)[0] == 431
+        assert request(background, "GET", "/v2/health/live?" + "q" * 5000)[0] == 431
+        assert request(background, "GET", "/v2/health/live", headers={"X-Pad": pad})[0] == 200
 
 
 def test_row21_unknown_models_and_names_that_look_like_paths(

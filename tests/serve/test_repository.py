@@ -195,3 +195,36 @@ def test_five_swaps_under_32_clients_drop_no_request(two_models: dict[str, Path]
     assert served <= set(source) and "6" in served and "90" not in served
     for _, version, data in answers:
         np.testing.assert_allclose(data, expected[source[version]].ravel(), rtol=1e-5, atol=1e-6)
+
+
+def test_an_artifact_changed_in_place_is_verified_again_and_refused(
+    two_models: dict[str, Path], tmp_path: Path
+) -> None:
+    root = tmp_path / "repo"
+    shutil.copytree(two_models["a"], root / "test.tiny" / "1")
+    shutil.copytree(two_models["b"], root / "test.tiny" / "2")
+    artifact = str(open_package(two_models["a"]).artifacts[0]["path"])
+    with serving(root=root) as (repository, server):
+        assert repository.resolve("test.tiny").name == "2" and repository.resolve("test.tiny", "1").state == "ready"
+        assert repository.poll() == []  # nothing changed: nothing verified again
+        # the manifest stays as it was; only the artifact's bytes change (another valid model's)
+        (root / "test.tiny" / "1" / artifact).write_bytes((two_models["b"] / artifact).read_bytes())
+        for future in repository.poll():
+            future.result()
+        older = repository.models["test.tiny"].versions["1"]
+        assert older.state == "failed" and "failed verification" in older.reason
+        assert request(server, "POST", "/v2/models/test.tiny/versions/1/infer", BODY.encode())[0] == 503
+        assert request(server, "POST", "/v2/repository/models/test.tiny/rollback", b"")[0] == 400
+        # the serving version's artifact changes: refused, and it keeps answering from the copy verified earlier
+        (root / "test.tiny" / "2" / artifact).write_bytes((two_models["a"] / artifact).read_bytes())
+        for future in repository.poll():
+            future.result()
+        assert repository.poll() == []  # refused once, not verified again on every look
+        status, answer = _infer(server.port)
+        assert status == 200 and answer["model_version"] == "2"
+        np.testing.assert_allclose(answer["outputs"][0]["data"], _expected(two_models["b"]).ravel(), rtol=1e-5)
+        index = json.loads(request(server, "POST", "/v2/repository/index", b"")[2])
+        serving_row = next(row for row in index if row["version"] == "2")
+        assert serving_row["state"] == "READY" and "changed and were refused" in serving_row["reason"]
+        metrics = request(server, "GET", "/metrics")[2].decode()
+        assert 'toolchain_verification_failures_total{model="test.tiny",version="2"} 1.0' in metrics

@@ -15,16 +15,14 @@ import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 from toolchain.core.errors import ToolchainError
-from toolchain.package.format import MANIFEST
 from toolchain.registry.rules import explored
 from toolchain.registry.store import PRODUCTION, ModelRegistry, Version
 from toolchain.serve.repository import Repository
 from toolchain.serve.shadow import SHADOW, SHARE, Exploration, Explorer
-from toolchain.serve.versions import VersionSpec
+from toolchain.serve.versions import VersionSpec, fingerprint
 
 __all__ = ["RegistryFollower", "exploration_record", "follow_registry"]
 
@@ -147,7 +145,7 @@ class RegistryFollower:
 
     def _offer(self, version: Version, *, serve: bool) -> list[Future[None]]:
         path = self.registry.local_path(version)
-        spec = VersionSpec(version.name, version.version, path, _fingerprint(path))
+        spec = VersionSpec(version.name, version.version, path, fingerprint(path))
         role = f"{self.alias} version" if serve else "candidate"
         _log.info(
             "%s: %s %s from the registry (%s); verifying before it serves", version.name, role, spec.version, path
@@ -205,11 +203,3 @@ def follow_registry(
     follower.poll()
     follower.start(poll_s)
     return follower
-
-
-def _fingerprint(path: Path) -> tuple[int, int]:
-    try:
-        stat = (path / MANIFEST).stat()
-    except OSError:
-        return (0, 0)
-    return (stat.st_mtime_ns, stat.st_size)

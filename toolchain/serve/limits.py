@@ -44,6 +44,9 @@ class Limits:
         timeout_s: from arrival to answer; past it the client gets 504 and a queued request is dropped.
         body_timeout_s: the whole body must arrive within this (a client sending 1 byte/s gets 408).
         retry_after_s: the Retry-After a 503 suggests.
+        header_timeout_s: a request's line and headers must arrive within this (from the connection's
+            start, or the request's first byte on a kept-alive one); else the connection is closed.
+        max_header_bytes: a request's line and headers together; more gets 431 and a closed connection.
     """
 
     max_body_bytes: int = 64 << 20
@@ -53,12 +56,21 @@ class Limits:
     timeout_s: float = 30.0
     body_timeout_s: float = 10.0
     retry_after_s: int = 1
+    header_timeout_s: float = 10.0
+    max_header_bytes: int = 64 << 10
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_json_bytes", "max_elements", "max_queue", "retry_after_s"):
+        for name in (
+            "max_body_bytes",
+            "max_json_bytes",
+            "max_elements",
+            "max_queue",
+            "retry_after_s",
+            "max_header_bytes",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"Limits.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("timeout_s", "body_timeout_s"):
+        for name in ("timeout_s", "body_timeout_s", "header_timeout_s"):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"Limits.{name} must be a positive number of seconds, got {value}")

@@ -9,13 +9,13 @@ to the signature's dtype loses nothing.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from toolchain.core.signature import Signature, TensorSig
 from toolchain.serve.limits import Limits, RequestError
@@ -46,6 +46,16 @@ DATATYPES = {
 }
 """OIP datatypes with a numpy dtype (``BYTES`` has none: no package takes strings)."""
 _TO_OIP = {v: k for k, v in DATATYPES.items()}
+_OIP_OF = {np.dtype(v): k for k, v in DATATYPES.items()}
+_DTYPE_OF = {k: np.dtype(v) for k, v in DATATYPES.items()}
+_RANGE = {d: (int(np.iinfo(d).min), int(np.iinfo(d).max)) for d in _DTYPE_OF.values() if d.kind in "iu"}
+"""The same by dtype (no ``str(dtype)``, which runs Python code in numpy, per answer)."""
+_JSON_NUMPY = frozenset(
+    np.dtype(d)
+    for d in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32", "float64")
+)
+"""Output dtypes orjson writes straight from the array (float32 as its shortest round-tripping decimal)."""
+_DUMPS = orjson.OPT_SERIALIZE_NUMPY
 
 
 @dataclass(frozen=True)
@@ -96,7 +106,8 @@ def decode_request(
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
         raise RequestError(400, "'inputs' must be a list of objects with name, shape, datatype and data")
-    by_name = _inputs_by_name(inputs, signature)
+    names = signature.input_names
+    by_name = _inputs_by_name(inputs, names)
     shapes = _check_shapes(by_name, signature, limits)
     feeds: dict[str, np.ndarray] = {}
     offset = 0
@@ -104,7 +115,8 @@ def decode_request(
     # NOTE: binary tensors follow each other in the order the request lists its inputs, not the signature's.
     for sig in (sigs[name] for name in by_name):
         tensor, shape = by_name[sig.name], shapes[sig.name]
-        declared = _declared_dtype(tensor, sig)
+        wanted = _dtype(sig.dtype)
+        declared = _declared_dtype(tensor, sig, wanted)
         size = _param(tensor, "binary_data_size")
         if size is not None:
             want = math.prod(shape) * declared.itemsize
@@ -121,10 +133,10 @@ def decode_request(
             array = raw.reshape(shape)
         else:
             array = _from_json(sig.name, tensor.get("data"), shape, declared)
-        feeds[sig.name] = _cast(sig.name, array, np.dtype(sig.dtype))
+        feeds[sig.name] = _cast(sig.name, array, wanted)
     if offset != len(binary):
         raise RequestError(400, f"{len(binary) - offset} bytes of binary data follow the last input; none expected")
-    ordered = {name: feeds[name] for name in signature.input_names}
+    ordered = {name: feeds[name] for name in names}
     return InferRequest(_request_id(request), ordered, _outputs(request, signature))
 
 
@@ -137,7 +149,7 @@ def encode_response(
         value = np.ascontiguousarray(outputs[name])
         entry: dict[str, Any] = {
             "name": name,
-            "datatype": _TO_OIP.get(str(value.dtype), str(value.dtype).upper()),
+            "datatype": _OIP_OF.get(value.dtype) or str(value.dtype).upper(),
             "shape": list(value.shape),
         }
         if binary:
@@ -145,12 +157,14 @@ def encode_response(
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = value.ravel().tolist()
+            # NOTE: orjson writes numpy arrays in C (0.1-0.3 ms less per answer than .tolist() + json);
+            # like any strict JSON writer it writes a non-finite float as null.
+            entry["data"] = value.ravel() if value.dtype in _JSON_NUMPY else value.ravel().tolist()
         described.append(entry)
     head: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": described}
     if request.id is not None:
         head["id"] = request.id
-    header = json.dumps(head, separators=(",", ":")).encode()
+    header = orjson.dumps(head, option=_DUMPS)
     if not chunks:
         return header, {"content-type": "application/json"}
     headers = {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
@@ -168,33 +182,40 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[: int(text)], body[int(text) :]
 
 
-def _reject_constant(token: str) -> Any:
-    raise ValueError(f"{token} is not a JSON number; send non-finite values with the binary extension")
+_CONSTANTS = (b"NaN", b"Infinity", b"-Infinity")
 
 
 def _parse_json(header: bytes) -> Any:
+    """The parsed header: strict JSON (no NaN or Infinity tokens, numbers that fit a double, UTF-8)."""
     try:
-        return json.loads(header, parse_constant=_reject_constant)
-    except RecursionError:
-        raise RequestError(400, "request JSON is nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as e:
+        return orjson.loads(header)
+    except orjson.JSONDecodeError as e:
+        # NOTE: orjson stops at depth 1024 without recursing; its message says "depth limit exceeded"
+        if "depth limit" in str(e):
+            raise RequestError(400, "request JSON is nested too deeply") from None
+        # NOTE: at "-Infinity" orjson's position is past the sign
+        token = next((t for at in (e.pos - 1, e.pos) for t in _CONSTANTS if header.startswith(t, max(at, 0))), None)
+        if token is not None:
+            raise RequestError(
+                400, f"{token.decode()} is not a JSON number; send non-finite values with the binary extension"
+            ) from None
         raise RequestError(400, f"request body is not valid JSON: {str(e)[:200]}") from None
 
 
-def _inputs_by_name(inputs: list[dict[str, Any]], signature: Signature) -> dict[str, dict[str, Any]]:
+def _inputs_by_name(inputs: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
     by_name: dict[str, dict[str, Any]] = {}
     for tensor in inputs:
         name = tensor.get("name")
         if not isinstance(name, str):
             raise RequestError(400, "every input needs a string 'name'")
-        if name not in signature.input_names:
-            raise RequestError(400, f"unknown input {name[:100]!r}; the model takes {signature.input_names}")
+        if name not in names:
+            raise RequestError(400, f"unknown input {name[:100]!r}; the model takes {names}")
         if name in by_name:
             raise RequestError(400, f"input {name!r} given twice")
         by_name[name] = tensor
-    missing = [n for n in signature.input_names if n not in by_name]
+    missing = [n for n in names if n not in by_name]
     if missing:
-        raise RequestError(400, f"missing input(s) {missing}; the model takes {signature.input_names}")
+        raise RequestError(400, f"missing input(s) {missing}; the model takes {names}")
     return by_name
 
 
@@ -212,7 +233,7 @@ def _check_shapes(
                 400, f"input {sig.name!r}: shape must be a list of {len(sig.shape)} sizes, got {shape!r}"[:300]
             )
         for axis, (want, got) in enumerate(zip(sig.shape, shape, strict=True)):
-            if isinstance(got, bool) or not isinstance(got, int) or got < 0:
+            if type(got) is not int or got < 0:  # NOTE: JSON gives int, never a subclass but bool
                 raise RequestError(
                     400, f"input {sig.name!r}: shape[{axis}] must be a non-negative integer, got {got!r}"[:300]
                 )
@@ -241,13 +262,24 @@ def _check_shapes(
     return shapes
 
 
-def _declared_dtype(tensor: Mapping[str, Any], sig: TensorSig) -> np.dtype[Any]:
+def _dtype(name: str) -> np.dtype[Any]:
+    """`np.dtype(name)`, looked up (the constructor parses the name every time)."""
+    found = _DTYPES.get(name)
+    if found is None:
+        found = _DTYPES[name] = np.dtype(name)
+    return found
+
+
+_DTYPES: dict[str, np.dtype[Any]] = {}
+
+
+def _declared_dtype(tensor: Mapping[str, Any], sig: TensorSig, wanted: np.dtype[Any]) -> np.dtype[Any]:
     datatype = tensor.get("datatype")
     if datatype == "BYTES":
         raise RequestError(400, f"input {sig.name!r}: BYTES given; the model takes {tensor_metadata(sig)['datatype']}")
     if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise RequestError(400, f"input {sig.name!r}: datatype {datatype!r} is not one of {sorted(DATATYPES)}"[:300])
-    declared, wanted = np.dtype(DATATYPES[datatype]), np.dtype(sig.dtype)
+    declared = _DTYPE_OF[datatype]
     if declared != wanted and not np.can_cast(declared, wanted, "safe") and not _both_integer(declared, wanted):
         raise RequestError(
             400,
@@ -265,27 +297,35 @@ def _from_json(name: str, data: Any, shape: tuple[int, ...], declared: np.dtype[
     """The ``data`` list (flat, or nested exactly as `shape`) as an array of the declared dtype."""
     if not isinstance(data, list):
         raise RequestError(400, f"input {name!r}: 'data' must be a list (or use binary_data_size)")
-    flat = data if all(not isinstance(v, list) for v in data) else _flatten(name, data, shape)
+    # NOTE: JSON values are exactly int, float, bool, str, None, list or dict: a set of types, built in C
+    types = set(map(type, data))
+    flat = data if list not in types else _flatten(name, data, shape)
     if len(flat) != math.prod(shape):
         raise RequestError(400, f"input {name!r}: {len(flat)} values for shape {list(shape)} ({math.prod(shape)})")
-    kinds = {"b": (bool,), "f": (int, float)}.get(declared.kind, (int,))
-    for value in flat:
-        if type(value) not in kinds:
-            raise RequestError(
-                400, f"input {name!r}: value {repr(value)[:40]} is not a {_TO_OIP[str(declared)]} JSON value"
-            )
+    kinds = _KINDS.get(declared.kind, _INTEGER)
+    if not kinds.issuperset(types if flat is data else map(type, flat)):
+        value = next(v for v in flat if type(v) not in kinds)
+        raise RequestError(
+            400, f"input {name!r}: value {repr(value)[:40]} is not a {_TO_OIP[str(declared)]} JSON value"
+        )
     if declared.kind in "iu":
-        info = np.iinfo(declared)
-        if flat and not (info.min <= min(flat) and max(flat) <= info.max):
+        low, high = _RANGE[declared]
+        if flat and not (low <= min(flat) and max(flat) <= high):
             raise RequestError(400, f"input {name!r}: a value lies outside the {_TO_OIP[str(declared)]} range")
+    if declared.kind != "f":
+        return np.array(flat, dtype=declared).reshape(shape)
     try:
         with np.errstate(all="ignore"):
             array = np.array(flat, dtype=declared).reshape(shape)
     except OverflowError:
         array = np.array([np.inf])
-    if declared.kind == "f" and not np.isfinite(array).all():
+    if not np.isfinite(array).all():
         raise RequestError(400, f"input {name!r}: a value lies outside the {_TO_OIP[str(declared)]} range")
     return array
+
+
+_INTEGER = frozenset((int,))
+_KINDS = {"b": frozenset((bool,)), "f": frozenset((int, float))}
 
 
 def _flatten(name: str, data: list[Any], shape: tuple[int, ...]) -> list[Any]:

@@ -17,16 +17,16 @@ import os
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from toolchain.core.errors import PackageError, ToolchainError
-from toolchain.package.format import MANIFEST, open_package
+from toolchain.package.format import open_package
 from toolchain.serve.batching import Batcher, batch_plan
 from toolchain.serve.limits import Limits, RequestError
 from toolchain.serve.metrics import Metrics, VersionMetrics
-from toolchain.serve.versions import NAME, Runner, VersionSpec, check_name, open_version
+from toolchain.serve.versions import NAME, Runner, VersionSpec, check_name, fingerprint, open_version
 
 __all__ = ["Model", "ModelVersion", "Repository", "ServeOptions"]
 
@@ -45,6 +45,7 @@ class ServeOptions:
         workers: threads running each version.
         providers: ONNX Runtime providers to verify and serve on.
         keep: verified versions kept loaded per model (the serving one and those to roll back to).
+        intra_op_threads: ONNX Runtime threads per operator (0: its default, every core; see `open_version`).
     """
 
     limits: Limits = field(default_factory=Limits)
@@ -54,6 +55,7 @@ class ServeOptions:
     workers: int = 1
     providers: tuple[str, ...] = ("auto",)
     keep: int = 2
+    intra_op_threads: int = 1
 
 
 @dataclass
@@ -169,12 +171,12 @@ class Repository:
 
     def scan(self) -> list[VersionSpec]:
         """Every version the sources hold now (folders that are hidden, links or badly named are skipped)."""
-        specs = list(self._packages)
+        specs = [replace(s, fingerprint=fingerprint(s.path)) for s in self._packages]
         if self.root is None:
             return specs
         for model_dir in _subfolders(self.root):
             for version_dir in _subfolders(model_dir):
-                specs.append(VersionSpec(model_dir.name, version_dir.name, version_dir, _fingerprint(version_dir)))
+                specs.append(VersionSpec(model_dir.name, version_dir.name, version_dir, fingerprint(version_dir)))
         return specs
 
     def watch(self, interval_s: float) -> threading.Thread:
@@ -193,7 +195,10 @@ class Repository:
 
     def _load(self, spec: VersionSpec) -> None:
         try:
-            runner = open_version(spec, trust=self.options.trust, providers=self.options.providers)
+            options = self.options
+            runner = open_version(
+                spec, trust=options.trust, providers=options.providers, intra_op_threads=options.intra_op_threads
+            )
         except ToolchainError as e:
             self._failed(spec, str(e))
             return
@@ -292,6 +297,9 @@ class Repository:
             )
             if version is model.serving:  # NOTE: a changed folder of the serving version keeps the verified copy
                 _log.error("%s version %s keeps serving the copy verified earlier", spec.model, spec.version)
+                version.spec = spec
+                version.reason = f"its files changed and were refused ({reason}); serving the copy verified earlier"
+                self.metrics.failures.labels(spec.model, spec.version).inc()
                 return
             version.spec = spec
             if version.batcher is not None:
@@ -409,7 +417,7 @@ def _package_spec(path: Path) -> VersionSpec:
     package = open_package(path)
     name = check_name(package.name, f"{path}: model name")
     version = check_name(str(package.manifest.get("version", "1")), f"{path}: version")
-    return VersionSpec(name, version, path, _fingerprint(path))
+    return VersionSpec(name, version, path, fingerprint(path))
 
 
 def _subfolders(folder: Path) -> Iterable[Path]:
@@ -421,14 +429,6 @@ def _subfolders(folder: Path) -> Iterable[Path]:
     return [
         Path(e.path) for e in entries if NAME.match(e.name) and ".." not in e.name and e.is_dir(follow_symlinks=False)
     ]
-
-
-def _fingerprint(path: Path) -> tuple[int, int]:
-    try:
-        stat = (path / MANIFEST).stat()
-    except OSError:
-        return (0, 0)
-    return (stat.st_mtime_ns, stat.st_size)
 
 
 def _order(version: str) -> tuple[int, int, str]:

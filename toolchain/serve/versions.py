@@ -9,9 +9,10 @@ recommended here, per benchmarked batch, when it recorded one (code-loading arti
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,16 @@ from toolchain.package.format import open_package
 from toolchain.package.verify import VerificationReport, verify_package
 from toolchain.serve.recommended import open_recommended
 
-__all__ = ["NAME", "Runner", "VersionSpec", "check_name", "open_version", "portable_artifact"]
+__all__ = [
+    "NAME",
+    "Fingerprint",
+    "Runner",
+    "VersionSpec",
+    "check_name",
+    "fingerprint",
+    "open_version",
+    "portable_artifact",
+]
 
 _log = logging.getLogger("toolchain.serve")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -39,6 +49,29 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
+Fingerprint = tuple[tuple[str, int, int, int], ...]
+"""``(relative path, size, mtime ns, inode)`` of every file of a package folder, sorted."""
+
+
+def fingerprint(path: Path) -> Fingerprint:
+    """What a package folder holds now, from `stat` alone (nothing is read): a change means verify again.
+
+    NOTE: every file counts, not only the manifest: an artifact replaced in place (same manifest) must
+    not go unnoticed until a restart. Links are listed as themselves (verification refuses them).
+    """
+    entries = []
+    for folder, dirs, files in os.walk(path, followlinks=False):
+        dirs.sort()
+        for name in (*files, *(d for d in dirs if os.path.islink(os.path.join(folder, d)))):
+            full = os.path.join(folder, name)
+            try:
+                stat = os.lstat(full)
+            except OSError:
+                continue
+            entries.append((os.path.relpath(full, path), stat.st_size, stat.st_mtime_ns, stat.st_ino))
+    return tuple(sorted(entries))
+
+
 @dataclass(frozen=True)
 class VersionSpec:
     """Where a version comes from: model name, version name, package folder, and its fingerprint."""
@@ -46,7 +79,7 @@ class VersionSpec:
     model: str
     version: str
     path: Path
-    fingerprint: tuple[int, int] = (0, 0)
+    fingerprint: Fingerprint = ()
 
 
 @dataclass
@@ -87,8 +120,16 @@ class Runner:
         return result
 
 
-def open_version(spec: VersionSpec, *, trust: bool = False, providers: Sequence[str] = ("auto",)) -> Runner:
+def open_version(
+    spec: VersionSpec, *, trust: bool = False, providers: Sequence[str] = ("auto",), intra_op_threads: int = 1
+) -> Runner:
     """Verify the package of `spec` on this host and open its sessions.
+
+    Args:
+        spec: the version and its package folder.
+        trust: allow code-loading artifacts (TorchScript, ``.pt2``).
+        providers: ONNX Runtime providers to verify and serve on.
+        intra_op_threads: ONNX Runtime threads per operator in each session (0: its default, all cores).
 
     Raises:
         PackageError: the package failed verification (the message names the first failure).
@@ -102,12 +143,16 @@ def open_version(spec: VersionSpec, *, trust: bool = False, providers: Sequence[
     package = open_package(spec.path)
     signature = package.signature
     portable = portable_artifact(package.artifacts, report)
-    general = _load_general(package.file(portable), signature, providers)
+    # NOTE: one thread per op by default: ORT's idle pool threads spin after every run, and on a
+    # 2-core host that took 0.5-1 core from the event loop (460-990 ms of 3 s at 32 clients on
+    # feed.dlrm_small); requests run in parallel through batching instead.
+    options = OrtOptions(intra_op_threads=intra_op_threads)
+    general = _load_general(package.file(portable), signature, providers, options)
     planned: list[tuple[tuple[tuple[str, int, int], ...], Any]] = []
     recorded = package.manifest.get("recommended") or {}
     for batch, rec in recorded.items() if isinstance(recorded, Mapping) else ():
         try:
-            session = open_recommended(spec.path, int(batch), trust=trust, portable=not trust)
+            session = open_recommended(spec.path, int(batch), trust=trust, portable=not trust, options=options)
         except (ToolchainError, ValueError, TypeError) as e:
             _log.warning("%s version %s: recommendation at batch %s not used: %s", spec.model, spec.version, batch, e)
             continue
@@ -134,12 +179,12 @@ def portable_artifact(artifacts: Sequence[Mapping[str, Any]], report: Verificati
     raise PackageError(f"{report.package}: no fp32 ONNX artifact passed verification here; nothing portable to serve")
 
 
-def _load_general(path: Path, signature: Signature, providers: Sequence[str]) -> Any:
+def _load_general(path: Path, signature: Signature, providers: Sequence[str], options: OrtOptions) -> Any:
     """The portable artifact on the best provider it starts on here (it was replayed on each)."""
     error: ToolchainError | None = None
     for provider in expand_providers(providers):
         try:
-            return OrtRuntime(OrtOptions(providers=(provider,))).load(path, signature=signature)
+            return OrtRuntime(replace(options, providers=(provider,))).load(path, signature=signature)
         except ToolchainError as e:
             error = e
     raise error or PackageError(f"{path}: no provider to load it on")
