@@ -252,7 +252,9 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
                     workdirs[name].mkdir()
             # NOTE: a copy never run, so a forward that changes its module cannot leak into the next path.
             path = _try(name, copy.deepcopy(model), replayer, workdirs[name], capture, early=early)
-            if name in forked and path.status == KEPT and plan.optimize:
+            # NOTE: with a lane every path is optimised as soon as it is kept: this process's ONNX passes
+            # then run while the child still works on its paths, not after waiting for them.
+            if fork and path.status == KEPT and plan.optimize:
                 tell(f"{spec.name}: optimize {name}")
                 optimize_path(path, replayer, workdirs[name], model=model, passes=plan.passes, progress=tell)
             return path
@@ -297,7 +299,7 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
                     f"{p.exporter}: {p.reason}" for p in result.paths
                 )
                 return
-        _refine(result, model, replayer, workdirs, plan, progress, optimized=forked)
+        _refine(result, model, replayer, workdirs, plan, progress, optimized=set(plan.candidates) if fork else set())
         with result.running("package", progress):
             for path in result.shipped:
                 assert path.artifact is not None
