@@ -15,7 +15,7 @@ from toolchain.core.errors import ExportError
 from toolchain.core.samples import SampleSet
 from toolchain.core.spec import ModelSpec
 
-__all__ = ["SHARING", "SharedCapture"]
+__all__ = ["SHARING", "SharedCapture", "violated_assert"]
 
 SHARING = ("onnx", "exported_program")
 """Paths fed from the shared capture, when both are asked for."""
@@ -64,3 +64,38 @@ class SharedCapture:
             self._charged = True
             path.export_seconds += self._seconds
         return path
+
+
+def violated_assert(program: Any, spec: ModelSpec, samples: Sequence[SampleSet]) -> str:
+    """The first deferred runtime assertion of `program` that a sample set breaks, as ``sample: expr``; else "".
+
+    NOTE: the shared capture is torch.onnx's, which defers shape assertions to run time (ONNX drops
+    them); a ``.pt2`` keeps them and fails on the sizes they exclude (``Ne(s79, 1)`` on a declared
+    size 1: every attention model of the zoo). Each assertion is evaluated on every sample set's sizes
+    before anything is saved, loaded or replayed, so such a program goes straight to the plain capture
+    instead of being rejected after a replay. Only a prediction: an assertion over sizes that are not
+    the inputs' dims is left undecided, and whatever is shipped is verified as always.
+    """
+    try:
+        import sympy
+        import torch
+
+        nodes = {n.name: n for n in program.graph.nodes}
+        placeholders = [nodes[name] for name in program.graph_signature.user_inputs]
+        found = [n for n in program.graph.nodes if n.target is torch.ops.aten._assert_scalar.default]
+        if not found:
+            return ""
+        for sample in samples:
+            sizes: dict[Any, Any] = {}
+            for name, node in zip(spec.inputs, placeholders, strict=False):
+                shape = getattr(node.meta.get("val"), "shape", ())
+                for axis, dim in enumerate(shape):
+                    if isinstance(dim, torch.SymInt) and isinstance(dim.node.expr, sympy.Symbol):
+                        sizes[dim.node.expr] = sympy.Integer(sample.feeds[name].shape[axis])
+            for node in found:
+                value = node.args[0].meta.get("val")
+                if isinstance(value, torch.SymBool) and value.node.expr.xreplace(sizes) is sympy.false:
+                    return f"{sample.name}: {value.node.expr}"
+    except Exception:  # NOTE: a prediction that cannot be made changes nothing
+        return ""
+    return ""
