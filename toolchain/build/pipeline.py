@@ -263,8 +263,7 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
         early: PathResult | None = None
         with result.running("reference", progress):
             result.samples = generate_samples(spec, seed=plan.seed)
-            # NOTE: with a lane the ONNX path exports on its own (early) and the child captures for the .pt2
-            # path the way torch.onnx does (`SharedCapture`), so both files are those a serial export ships.
+            # NOTE: one torch.export capture for the ONNX and .pt2 paths, with or without a lane (see below).
             capture = SharedCapture(model, spec, result.samples[0], plan.candidates)
             lane = Lane(lambda: eager_reference(model, spec, result.samples), units, take, progress, fork=fork)
             scratch.callback(lane.close)  # NOTE: before the workdirs go, on any way out of the stage
