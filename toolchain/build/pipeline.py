@@ -271,12 +271,15 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
                 progress(f"{spec.name}: export {here[0]}")
                 # NOTE: captured before the fork, so the child's .pt2 path inherits the program it shares.
                 program = capture.program_for(here[0])
+                # NOTE: the capture's time is charged before the fork, so the child's .pt2 path is not charged it again.
+                charged = capture.credit(PathResult(here[0])).export_seconds
                 lane.start()
                 # NOTE: the first path's export needs only the export sample: it runs while the child computes eager's.
                 early = export_path(
                     here[0], copy.deepcopy(model), spec, result.samples[0], workdirs[here[0]], program=program
                 )
-                early = capture.credit(early) if program is not None else early
+                early.export_seconds += charged
+                early = capture.credit(early)  # NOTE: the capture's findings
             else:
                 lane.start()
             reference = lane.reference()
