@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from exporters._capture import capture_findings, summarize_error
 from exporters._portable import portable_archive
 from exporters._shapes import exported_program_findings
+from exporters._speedups import export_speedups
 from exporters.onnx import _dynamic_shapes
 from toolchain.core.artifact import Artifact
 from toolchain.core.errors import ExportError
@@ -58,7 +59,7 @@ class ExportedProgramExporter:
         target = Path(workdir) / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        with capture_findings() as findings:
+        with capture_findings() as findings, export_speedups():
             try:
                 if program is None:
                     args = tuple(torch.from_numpy(sample.feeds[n].copy()) for n in spec.inputs)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -12,12 +11,13 @@ from typing import Any
 from exporters._capture import capture_findings, summarize_error
 from exporters._portable import portable_onnx
 from exporters._shapes import exported_program_findings
+from exporters._speedups import export_speedups
 from toolchain.core.artifact import Artifact, Finding
 from toolchain.core.errors import ExportError
 from toolchain.core.samples import SampleSet
 from toolchain.core.spec import ModelSpec
 
-__all__ = ["OnnxExporter", "capture_program", "onnx_artifact", "shared_registry", "specialized_dims"]
+__all__ = ["OnnxExporter", "capture_program", "onnx_artifact", "specialized_dims"]
 
 _NO_TABLE: Mapping[Any, Any] = MappingProxyType({})
 
@@ -71,7 +71,7 @@ class OnnxExporter:
             options["custom_translation_table"] = table
         _clear_rnn_dispatch_caches()
         start = time.perf_counter()
-        with capture_findings() as findings, shared_registry():
+        with capture_findings() as findings, export_speedups():
             try:
                 onnx_program = torch.onnx.export(
                     model if program is None else program,
@@ -133,7 +133,7 @@ def capture_program(model: Any, spec: ModelSpec, sample: SampleSet) -> tuple[Any
         strategies = []
     first: Exception | None = None
     program = None
-    with capture_findings() as findings:
+    with capture_findings() as findings, export_speedups():
         for strategy in strategies:
             result = strategy(verbose=False)(model, args, None, _dynamic_shapes(spec))
             program = result.exported_program
@@ -170,96 +170,6 @@ def onnx_artifact(
         export_seconds=seconds,
         findings=(*findings, *specialized_dims(proto, spec)),
     )
-
-
-_REGISTRIES: dict[int, Any] = {}
-
-
-@contextmanager
-def shared_registry() -> Iterator[None]:
-    """While open, ``torch.onnx.export`` builds its op registry from torchlib once per opset and process.
-
-    NOTE: torch 2.13 rebuilds the registry on every export (``ONNXRegistry.from_torchlib``: ~500
-    torchlib functions turned into ONNX IR from their source, 3.3 s of a 15 s BERT-sized export here).
-    Each export gets its own copy of the tables, so the custom translations it registers stay its own.
-    A torch without that classmethod exports as before.
-    """
-    try:
-        from torch.onnx._internal.exporter import _constants, _registration
-    except ImportError:
-        yield
-        return
-    cls = _registration.ONNXRegistry
-    original = cls.__dict__.get("from_torchlib")
-    if not isinstance(original, classmethod):
-        yield
-        return
-    build = original.__func__
-
-    def cached(klass: Any, opset_version: int = _constants.TORCHLIB_OPSET) -> Any:
-        base = _REGISTRIES.get(opset_version)
-        if base is None or type(base) is not klass:
-            base = _REGISTRIES[opset_version] = build(klass, opset_version)
-        registry = klass()
-        registry._opset_version = base._opset_version
-        registry.functions = {target: list(decomps) for target, decomps in base.functions.items()}
-        return registry
-
-    cls.from_torchlib = classmethod(cached)  # type: ignore[method-assign,assignment]
-    try:
-        with _cached_cia_ops():
-            yield
-    finally:
-        cls.from_torchlib = original  # type: ignore[method-assign,assignment]
-
-
-_CIA_OPS: dict[tuple[Any, ...], frozenset[Any]] = {}
-
-
-@contextmanager
-def _cached_cia_ops() -> Iterator[None]:
-    """While open, torch.export lists the preservable CompositeImplicitAutograd ops once per op set.
-
-    NOTE: ``run_decompositions`` calls ``_collect_all_valid_cia_ops``, which re-reads the C++
-    dispatcher's whole CIA registry once per op namespace (~50 here): 0.9 s of a 4 s export of a
-    small model, every export. Keyed on the namespaces and the registered CIA ops (one 4 ms query),
-    so an op registered between exports is seen. A torch without these names exports as before.
-    """
-    import torch
-
-    try:
-        from torch._export import utils
-        from torch.export import decomp_utils, exported_program
-    except ImportError:
-        yield
-        return
-    modules = [m for m in (utils, decomp_utils, exported_program) if hasattr(m, "_collect_all_valid_cia_ops")]
-    originals = [m.__dict__["_collect_all_valid_cia_ops"] for m in modules]
-    if not originals:
-        yield
-        return
-    collect = originals[0]
-
-    def key() -> tuple[Any, ...]:
-        registered = torch._C._dispatch_get_registrations_for_dispatch_key("CompositeImplicitAutograd")
-        return (tuple(torch.ops._dir), tuple(sorted(registered)))
-
-    def cached() -> set[Any]:
-        before = key()
-        if before not in _CIA_OPS:
-            found = frozenset(collect())
-            _CIA_OPS.clear()
-            # NOTE: collecting materialises op namespaces, so the key it leaves is cached too.
-            _CIA_OPS[before] = _CIA_OPS[key()] = found
-        return set(_CIA_OPS[before])
-
-    for module in modules:
-        module.__dict__["_collect_all_valid_cia_ops"] = cached
-    try:
-        yield
-    finally:
-        for module, original in zip(modules, originals, strict=True):
-            module.__dict__["_collect_all_valid_cia_ops"] = original
 
 
 def _clear_rnn_dispatch_caches() -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from runtimes.eager import EagerSession, torch_available
 from toolchain.core.errors import RuntimeLoadError, first_line
@@ -52,9 +55,44 @@ class ExportedProgramRuntime:
         level = log.level
         log.setLevel(logging.ERROR)
         try:
-            module = torch.export.load(str(path)).module()
+            with _parsed_once():
+                module = torch.export.load(str(path)).module()
         except Exception as e:
             raise RuntimeLoadError(f"{path}: torch.export.load could not load it: {first_line(e)}") from e
         finally:
             log.setLevel(level)
         return EagerSession(module, signature=signature, source=f"{path}: exported program")
+
+
+@contextmanager
+def _parsed_once() -> Iterator[None]:
+    """While open, ``torch.export.load`` parses each distinct symbolic expression of a program once.
+
+    NOTE: the deserializer parses every size and stride expression of every tensor (``s77*4096``) with
+    sympy and then prints each sub-expression back, ~1,400 times for 136 distinct ones on a small ResNet:
+    half of a 1 s load. A repeated parse returns the expression the first one stored (the deserializer
+    caches every expression by its text) after re-applying the same hint and range, so each distinct
+    (text, hint) is parsed once per load here. A torch without that method loads as before.
+    """
+    try:
+        from torch._export.serde.serialize import GraphModuleDeserializer
+    except ImportError:
+        yield
+        return
+    original = GraphModuleDeserializer.__dict__.get("_parse_sym_expr")
+    if original is None:
+        yield
+        return
+
+    def parse_once(self: Any, expr_str: str, hint: Any = None) -> Any:
+        memo = self.__dict__.setdefault("_toolchain_parsed", {})
+        key = (expr_str, type(hint), hint)
+        if key not in memo:
+            memo[key] = original(self, expr_str, hint)
+        return memo[key]
+
+    GraphModuleDeserializer._parse_sym_expr = parse_once  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        GraphModuleDeserializer._parse_sym_expr = original  # type: ignore[method-assign]

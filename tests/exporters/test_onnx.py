@@ -70,7 +70,7 @@ def test_export_noise_becomes_findings_not_output(tmp_path: Path, capfd: pytest.
 def test_the_op_registry_is_built_once_and_custom_translations_stay_in_their_export(tmp_path: Path) -> None:
     from torch.onnx._internal.exporter import _registration
 
-    import exporters.onnx as module
+    import exporters._speedups as module
 
     builds = []
     original = _registration.ONNXRegistry.__dict__["from_torchlib"]
@@ -96,7 +96,7 @@ def test_the_op_registry_is_built_once_and_custom_translations_stay_in_their_exp
 def test_the_cia_op_list_is_collected_once_per_op_set(monkeypatch: pytest.MonkeyPatch) -> None:
     from torch._export import utils
 
-    from exporters import onnx as onnx_exporter
+    from exporters import _speedups as onnx_exporter
 
     calls: list[int] = []
     original = utils._collect_all_valid_cia_ops

@@ -88,3 +88,31 @@ def test_load_errors(tmp_path: Path, exported: tuple[torch.nn.Module, Path], cap
     assert captured.out + captured.err == ""
     with pytest.raises(RuntimeLoadError, match="need the package signature"):
         runtime.load(exported[1])
+
+
+def test_each_symbolic_expression_is_parsed_once_per_load_with_the_same_program(
+    exported: tuple[torch.nn.Module, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch._export.serde.serialize import GraphModuleDeserializer
+
+    import runtimes.exported_program as module
+
+    parsed: list[str] = []
+    original = GraphModuleDeserializer._parse_sym_expr
+
+    def counted(self, expr_str, hint=None):  # type: ignore[no-untyped-def]
+        parsed.append(expr_str)
+        return original(self, expr_str, hint)
+
+    monkeypatch.setattr(GraphModuleDeserializer, "_parse_sym_expr", counted)
+    plain = torch.export.load(str(exported[1]))
+    plain_calls = len(parsed)
+    parsed.clear()
+    with module._parsed_once():
+        once = torch.export.load(str(exported[1]))
+    assert GraphModuleDeserializer._parse_sym_expr is counted
+    assert 0 < len(parsed) < plain_calls
+    assert str(once.graph) == str(plain.graph)
+    assert once.range_constraints == plain.range_constraints
+    x = torch.randn(5, 4)
+    assert torch.equal(once.module()(x), plain.module()(x))

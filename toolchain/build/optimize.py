@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exporters._speedups import fast_pattern_matching
 from toolchain.build.passes import PASSES, GraphPass, quiet_libraries
 from toolchain.core.errors import first_line
 from toolchain.core.parity import ParityReport
@@ -204,7 +205,7 @@ def _try_pass(graph_pass: GraphPass, current: Path, candidate: Path, fmt: str) -
     result = PassResult(graph_pass.name, FAILED, detail=graph_pass.detail, nodes_before=count_nodes(current, fmt))
     start = time.perf_counter()
     try:
-        with quiet_libraries():
+        with quiet_libraries(), fast_pattern_matching():
             graph_pass.apply(current, candidate)
         result.nodes_after = count_nodes(candidate, fmt)
         if result.nodes_after == result.nodes_before and _same_graph(current, candidate, fmt):

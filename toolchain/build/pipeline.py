@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from exporters import EXPORTERS
 from toolchain.build.capture import SharedCapture, violated_assert
 from toolchain.build.lanes import Lane, can_fork, default_workers, lane_paths
@@ -28,19 +26,16 @@ from toolchain.build.paths import (
     try_path,
     verify_path,
 )
-from toolchain.build.record import build_manifest, build_report
 from toolchain.build.reference import Reference, eager_reference
+from toolchain.build.seal import seal
 from toolchain.build.variants import build_variants, measure_drift, variants_for
 from toolchain.core.artifact import Finding
-from toolchain.core.errors import PackageError, TargetError, ToolchainError
+from toolchain.core.errors import TargetError, ToolchainError
 from toolchain.core.interface import package_signature
 from toolchain.core.samples import SampleSet, generate_samples
 from toolchain.core.signature import Signature
 from toolchain.core.spec import FORMATS, ModelSpec
-from toolchain.package import trust
-from toolchain.package.report import render_markdown
-from toolchain.package.staging import PackageStaging, check_destination, stage_package
-from toolchain.package.verify import verify_package
+from toolchain.package.staging import check_destination, stage_package
 
 __all__ = [
     "ALL_FORMATS",
@@ -307,7 +302,7 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
                 assert path.artifact is not None
                 for rel in path.artifact.files:
                     shutil.move(workdirs[path.exporter] / rel, staging.file(rel))
-            _seal(result, staging, out, reference.expected)
+            seal(result, staging, out, reference.expected)
 
 
 def _try(
@@ -362,43 +357,6 @@ def _refine(
         for path in result.kept:
             variants = result.variants if path is base else []
             measure_drift(path, variants, replayer, workdirs[path.exporter])
-
-
-def _seal(result: ExportResult, staging: PackageStaging, out: Path, expected: list[dict[str, np.ndarray]]) -> None:
-    """Write samples and reports, finalise the manifest, re-verify the staged package, commit it."""
-    entries = _write_package(result, staging, expected)
-    staging.finalize(build_manifest(result, entries))
-    # NOTE: integrity and the ONNX replays; TorchScript and .pt2 files were verified from these
-    # very bytes a moment ago (the integrity check proves it), so they are not loaded twice.
-    check = verify_package(staging.path, limits=None)  # NOTE: written by this process: no child needed
-    if check.problems or not all(check.checks):
-        raise PackageError(f"{out}: the staged package does not re-verify: {check.failure_lines()[0]}")
-    result.package = staging.commit()
-    if not trust.remember(result.package):
-        result.findings.append(
-            Finding("trust-list", f"could not write {trust.trust_list_path()}; verify needs --trust here")
-        )
-
-
-def _write_package(
-    result: ExportResult, staging: PackageStaging, expected: list[dict[str, np.ndarray]]
-) -> list[dict[str, Any]]:
-    """Write golden samples and reports into the staging folder; return the manifest's sample entries."""
-    entries = []
-    for sample, exp in zip(result.samples, expected, strict=True):
-        base = f"samples/{sample.name}"
-        entries.append(
-            {
-                "name": sample.name,
-                "sizes": dict(sample.sizes),
-                "inputs": {k: staging.save_array(f"{base}/inputs/{k}.npy", v) for k, v in sample.feeds.items()},
-                "expected": {k: staging.save_array(f"{base}/expected/{k}.npy", v) for k, v in exp.items()},
-            }
-        )
-    report = build_report(result)
-    staging.write_json("report.json", report)
-    staging.write_text("report.md", render_markdown(report))
-    return entries
 
 
 def _training_findings(model: Any) -> list[Finding]:

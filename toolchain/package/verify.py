@@ -127,6 +127,7 @@ def verify_package(
     providers: Sequence[str] = ("auto",),
     limits: Limits | None = DEFAULT_LIMITS,
     progress: Callable[[str], None] = lambda artifact: None,
+    samples: Sequence[str] | None = None,
 ) -> VerificationReport:
     """Check hashes and the exact file set, then replay every sample on every runnable artifact.
 
@@ -140,6 +141,8 @@ def verify_package(
         limits: memory and time for loading and replaying the models of a package this machine did
             not export, in a child process (`toolchain.package.sandbox`); None runs them here.
         progress: called with each artifact's path before it is loaded.
+        samples: replay only the golden sample sets of these names (None: every one); for a package this
+            process has just written and verified set by set (`toolchain.build.seal`), not for a user's check.
 
     Raises:
         LimitError: an untrusted package's model went past `limits` (the message names it).
@@ -149,6 +152,8 @@ def verify_package(
     if package is None or problems:
         return VerificationReport(path, problems=tuple(problems))
     if limits is not None and not trust_list.is_trusted(path):
+        if samples is not None:
+            raise ValueError("samples= is for packages this process wrote (limits=None), not for a sandboxed check")
         from toolchain.package.sandbox import verify_in_child
 
         return verify_in_child(path, trust=trust, providers=providers, limits=limits)
@@ -181,7 +186,8 @@ def verify_package(
                     unstarted[provider] = f"{provider}: not started here: {str(e).split(': ', 1)[-1]}"
                     continue
                 label = each.name if provider in ("", "cpu") else f"{each.name}-{provider}"
-                checks.append(ArtifactCheck(str(entry["path"]), label, replay(package, session, own, checks=task)))
+                reports = replay(package, session, own, checks=task, samples=samples)
+                checks.append(ArtifactCheck(str(entry["path"]), label, reports))
     except (KeyError, TypeError, ValueError) as e:
         problem = Problem("manifest.json", f"malformed entry ({type(e).__name__}: {e})")
         return VerificationReport(path, problems=(problem,))
@@ -206,12 +212,19 @@ def _ort_runtimes(runtime: OrtRuntime, providers: Sequence[str]) -> list[tuple[O
 
 
 def replay(
-    package: Package, session: Any, tolerance: Tolerance, *, checks: Sequence[TaskCheck] = ()
+    package: Package,
+    session: Any,
+    tolerance: Tolerance,
+    *,
+    checks: Sequence[TaskCheck] = (),
+    samples: Sequence[str] | None = None,
 ) -> tuple[ParityReport, ...]:
-    """Run `session` on every golden sample set of `package` and compare with the recorded outputs."""
+    """Run `session` on every golden sample set of `package` (or those named in `samples`) and compare."""
     reports = []
     for sample in package.samples:
         name = str(sample["name"])
+        if samples is not None and name not in samples:
+            continue
         sizes = sample.get("sizes", {})
         feeds = _arrays(package, sample["inputs"], package.signature.inputs, sizes)
         expected = _arrays(package, sample["expected"], package.signature.outputs, sizes)
