@@ -285,3 +285,20 @@ def test_a_pass_the_exporter_already_applied_is_not_run_again(tmp_path: Path) ->
     # NOTE: the legacy exporter does not end with the optimiser, so there it runs.
     assert result.path("onnx_legacy").passes[0].status in ("kept", "no change")
     assert len(calls) == 1
+
+
+def test_a_pass_whose_file_does_not_load_back_fails_without_naming_a_scratch_file(tmp_path: Path) -> None:
+    def unloadable(src: Path, dst: Path) -> None:
+        dst.write_bytes(b"PK\x03\x04 not a TorchScript archive")
+
+    passes = (PASSES[-2], GraphPass("unloadable", ("torchscript",), unloadable, "writes what no reader takes"))
+    result = export_package(TINY, tmp_path / "pkg", formats=["torchscript"], passes=passes, workers=1)
+    assert result, result.failed_stage
+    freeze, broken = result.path("torchscript").passes
+    assert freeze.status == "kept"
+    assert broken.status == "failed"
+    assert broken.reason.startswith("the file it wrote does not load back (RuntimeError: ")
+    assert ".model-passes" not in broken.reason and str(tmp_path) not in broken.reason
+    assert not broken.reports  # NOTE: judged on reading the file, no replay
+    report = (tmp_path / "pkg" / "report.md").read_text()
+    assert f"| torchscript | unloadable | failed | {broken.nodes_before} -> - |" in report

@@ -207,7 +207,10 @@ def _try_pass(graph_pass: GraphPass, current: Path, candidate: Path, fmt: str) -
     try:
         with quiet_libraries(), fast_pattern_matching():
             graph_pass.apply(current, candidate)
-        result.nodes_after = count_nodes(candidate, fmt)
+        try:
+            result.nodes_after = _count_nodes(candidate, fmt)
+        except Exception as e:  # NOTE: e.g. torch.jit.optimize_for_inference's MKLDNN ops: saved, never loadable
+            raise _Unreadable(f"the file it wrote does not load back ({type(e).__name__}: {first_line(e)})") from e
         if result.nodes_after == result.nodes_before and _same_graph(current, candidate, fmt):
             result.status, result.reason = NO_CHANGE, "the graph is the same as before the pass"
         elif result.nodes_after > result.nodes_before:
@@ -215,6 +218,8 @@ def _try_pass(graph_pass: GraphPass, current: Path, candidate: Path, fmt: str) -
             result.reason = f"grows the graph from {result.nodes_before} to {result.nodes_after} nodes"
         else:
             result.status = _CHANGED
+    except _Unreadable as e:
+        result.status, result.reason = FAILED, str(e)
     except Exception as e:  # NOTE: a library pass that crashes is reported and skipped, never fatal.
         result.status, result.reason = FAILED, f"{type(e).__name__}: {first_line(e)}"
     finally:
@@ -262,15 +267,24 @@ def graph_digest(path: Path, fmt: str) -> str:
 def count_nodes(path: Path, fmt: str) -> int:
     """Nodes in an ONNX graph or in a TorchScript module's inlined graph (0 when unreadable)."""
     try:
-        if fmt == "onnx":
-            import onnx
-
-            return len(onnx.load(str(path), load_external_data=False).graph.node)
-        if fmt == "torchscript":
-            import torch
-
-            module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
-            return len(list(module.inlined_graph.nodes()))
+        return _count_nodes(path, fmt)
     except Exception:  # NOTE: a count is evidence for the report, never a reason to fail.
         return 0
+
+
+def _count_nodes(path: Path, fmt: str) -> int:
+    """`count_nodes`, raising what reading the file raised."""
+    if fmt == "onnx":
+        import onnx
+
+        return len(onnx.load(str(path), load_external_data=False).graph.node)
+    if fmt == "torchscript":
+        import torch
+
+        module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+        return len(list(module.inlined_graph.nodes()))
     return 0
+
+
+class _Unreadable(Exception):
+    """A pass wrote a file its format's reader refuses."""

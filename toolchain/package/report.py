@@ -100,9 +100,11 @@ def _passes(report: Mapping[str, Any]) -> list[str]:
     for path in paths:
         for step in path["passes"]:
             why = step.get("reason") or step.get("detail", "")
+            # NOTE: a pass that failed left no graph to count.
+            after = "-" if step["status"] == "failed" else step["nodes_after"]
             lines.append(
-                f"| {path['exporter']} | {step['name']} | {step['status']} | {step['nodes_before']} -> "
-                f"{step['nodes_after']} | {_cell(why)} |"
+                f"| {path['exporter']} | {step['name']} | {step['status']} | {step['nodes_before']} -> {after} | "
+                f"{_cell(why)} |"
             )
     return lines
 
