@@ -31,6 +31,7 @@ from toolchain.build.seal import seal
 from toolchain.build.variants import build_variants, measure_drift, variants_for
 from toolchain.core.artifact import Finding
 from toolchain.core.errors import TargetError, ToolchainError
+from toolchain.core.heap import frozen_heap
 from toolchain.core.interface import package_signature
 from toolchain.core.samples import SampleSet, generate_samples
 from toolchain.core.signature import Signature
@@ -191,7 +192,8 @@ def export_package(
     check_destination(out, force=force)
     result = ExportResult(spec)
     try:
-        _run_stages(result, out, plan, progress=progress)
+        with frozen_heap():
+            _run_stages(result, out, plan, progress=progress)
     except ToolchainError:
         if result.failed_stage is None:
             raise
