@@ -123,3 +123,49 @@ def test_a_failing_export_stops_its_worker(tmp_path: Path, monkeypatch: pytest.M
     assert time.monotonic() - start < 60
     assert multiprocessing.active_children() == []
     assert not (tmp_path / "pkg").exists() and list(tmp_path.iterdir()) == []
+
+
+def _where(name: str, reference: int, tell: Any) -> Any:
+    import time
+
+    from toolchain.build.paths import PathResult
+
+    if name == "first":
+        time.sleep(0.5)  # NOTE: long enough for this process to release the held unit meanwhile
+    return PathResult(name, reason=str(os.getpid()))
+
+
+def test_a_held_path_is_the_childs_only_once_released() -> None:
+    from toolchain.build.lanes import Lane
+
+    never = Lane(lambda: 0, [("first",), ("held",)], _where, lambda line: None, fork=True, held=("held",))
+    never.start()
+    ran = never.results()  # NOTE: no help(): what the child may not take is run here after it ends
+    assert ran["first"].reason != str(os.getpid())
+    assert ran["held"].reason == str(os.getpid())
+
+    released = Lane(lambda: 0, [("first",), ("held",)], _where, lambda line: None, fork=True, held=("held",))
+    released.start()
+    released.release("held")
+    ran = released.results()
+    assert ran["first"].reason == ran["held"].reason != str(os.getpid())
+
+
+def test_the_pt2_path_fed_from_the_shared_capture_is_exported_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent = os.getpid()
+    real = pipeline._try
+    where: dict[str, bool] = {}
+
+    def noted(name: str, *args: Any, **kwargs: Any) -> Any:
+        path = real(name, *args, **kwargs)
+        if os.getpid() == parent:
+            where[name] = args[3] is not None  # NOTE: the shared capture, passed only where it is
+        return path
+
+    monkeypatch.setattr(pipeline, "_try", noted)
+    result = export_package(TINY, tmp_path / "pkg", workers=2)
+    assert result, result.failed_stage
+    assert where.get("exported_program") is True
+    assert "torchscript" not in where  # NOTE: the child's unit

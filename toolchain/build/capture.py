@@ -39,6 +39,11 @@ class SharedCapture:
         self._seconds = 0.0
         self._charged = False
 
+    @property
+    def shared(self) -> bool:
+        """Whether both paths are asked for, so the capture is shared at all."""
+        return self._enabled
+
     def program_for(self, name: str) -> Any:
         """The shared program for path `name`, or None: the path captures on its own."""
         if not self._enabled or name not in SHARING:

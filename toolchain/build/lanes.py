@@ -1,10 +1,12 @@
 """A second process for an export: eager's reference outputs, then the paths that share nothing.
 
 NOTE: an export is Python-bound and uses one core. On a host with a second one, a child forked
-right after the samples are drawn computes eager's reference outputs while this process exports the
-first ONNX path (which needs only the export sample), then takes the paths that need nothing from
-this process (the legacy ONNX, scripted and traced TorchScript and ``.pt2`` paths: export,
-verification, their optimisation passes) while this process verifies and optimises the ONNX one.
+right after the samples are drawn (before the shared capture) computes eager's reference outputs while
+this process captures and exports the first ONNX path (which needs only the export sample), then takes
+the paths that need nothing from this process (the legacy ONNX, scripted and traced TorchScript paths,
+and the ``.pt2`` one where it captures on its own: export, verification, their optimisation passes)
+while this process verifies and optimises the ONNX one. A `held` path (the ``.pt2`` one fed from this
+process's capture, which the child never sees) is the child's only once this process releases it.
 The child inherits the model and samples through fork (nothing pickled on the way in) and sends the
 reference and each path's result back pickled, with its progress lines; both processes judge
 against the same reference outputs, the child's. A child that dies, or fails in a way that is not
@@ -82,6 +84,8 @@ class Lane(Generic[R]):
         job: runs one path given the reference and a progress callback.
         progress: receives every progress line, the child's included (from a reader thread).
         fork: start a child at all.
+        held: paths whose unit the child may take only once this process `release`s it (this process
+            takes it in any case); for a path that may need what this process makes after the fork.
     """
 
     def __init__(
@@ -92,24 +96,31 @@ class Lane(Generic[R]):
         progress: Tell,
         *,
         fork: bool,
+        held: Sequence[str] = (),
     ) -> None:
         self._compute, self._job, self._progress = reference, job, progress
         self._units = tuple(tuple(unit) for unit in units)
         self._fork = fork
+        self._held = [any(name in held for name in unit) for unit in self._units]
+        self.in_child = False
+        """True in the forked child (its jobs run there)."""
         self._reference: list[R] = []
         self._error: list[ToolchainError] = []
         self._results: dict[str, PathResult] = {}
         self._settled = threading.Event()
         self._process: Any = None
         self._reader: threading.Thread | None = None
-        self._next: Any = None
+        self._taken: Any = None
+        self._allowed: Any = None
 
     def start(self) -> None:
         """Fork the child (no-op without `fork`)."""
         if not self._fork:
             return
         context = multiprocessing.get_context("fork")
-        self._next = context.Value("i", 0)  # NOTE: shared memory: the index of the next unclaimed path
+        # NOTE: shared memory: which units someone started, which ones the child may take (one lock for both).
+        self._taken = context.Array("b", len(self._units))
+        self._allowed = context.Array("b", [0 if held else 1 for held in self._held], lock=False)
         receive, send = context.Pipe(duplex=False)
         self._process = context.Process(target=self._child, args=(send,), daemon=True)
         self._process.start()
@@ -126,14 +137,23 @@ class Lane(Generic[R]):
             self._reference.append(self._compute())
         return self._reference[0]
 
+    def release(self, name: str) -> None:
+        """Let the child take the held unit of path `name` (no-op without a child or when not held)."""
+        if self._taken is None:
+            return
+        with self._taken.get_lock():
+            for index, unit in enumerate(self._units):
+                if name in unit:
+                    self._allowed[index] = 1
+
     def _claim(self) -> tuple[str, ...]:
-        """The next unit nobody has started, claimed for the calling process (empty: none left)."""
-        with self._next.get_lock():
-            index = int(self._next.value)
-            if index >= len(self._units):
-                return ()
-            self._next.value = index + 1
-        return self._units[index]
+        """The first unit nobody has started (and, in the child, not held), claimed here (empty: none left)."""
+        with self._taken.get_lock():
+            for index, unit in enumerate(self._units):
+                if not self._taken[index] and (not self.in_child or self._allowed[index]):
+                    self._taken[index] = 1
+                    return unit
+        return ()
 
     def help(self) -> None:
         """Run here the paths the child has not started yet, until none is left (no-op without a child)."""
@@ -192,6 +212,7 @@ class Lane(Generic[R]):
     def _child(self, send: Connection) -> None:
         import torch
 
+        self.in_child = True
         # NOTE: one intra-op thread: the parent keeps exporting on the other core, and an OpenMP pool
         # inherited through fork hangs the child that enters it with more than one thread.
         torch.set_num_threads(1)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -248,7 +249,9 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
                     shutil.rmtree(workdirs[name])
                     workdirs[name].mkdir()
             # NOTE: a copy never run, so a forward that changes its module cannot leak into the next path.
-            path = _try(name, copy.deepcopy(model), replayer, workdirs[name], capture, early=early)
+            # NOTE: the child was forked before the capture: a path it takes captures on its own (see below).
+            shared = None if lane.in_child else capture
+            path = _try(name, copy.deepcopy(model), replayer, workdirs[name], shared, early=early)
             # NOTE: with a lane every path is optimised as soon as it is kept: this process's ONNX passes
             # then run while the child still works on its paths, not after waiting for them.
             if fork and path.status == KEPT and plan.optimize:
@@ -262,15 +265,21 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
             result.samples = generate_samples(spec, seed=plan.seed)
             # NOTE: one torch.export capture for the ONNX and .pt2 paths, with or without a lane (see below).
             capture = SharedCapture(model, spec, result.samples[0], plan.candidates)
-            lane = Lane(lambda: eager_reference(model, spec, result.samples), units, take, progress, fork=fork)
+            # NOTE: the child is forked before the capture, so it starts on its paths a capture earlier (0.7-5 s
+            # of each zoo export). A .pt2 path fed from the capture stays here, where the program is; the child
+            # may take it only where it would capture on its own anyway (no program, or one whose deferred
+            # asserts a declared size breaks).
+            held = ("exported_program",) if capture.shared and "exported_program" in forked else ()
+            reference_of = partial(eager_reference, model, spec, result.samples)
+            lane = Lane(reference_of, units, take, progress, fork=fork, held=held)
             scratch.callback(lane.close)  # NOTE: before the workdirs go, on any way out of the stage
             if fork:
                 progress(f"{spec.name}: export {here[0]}")
-                # NOTE: captured before the fork, so the child's .pt2 path inherits the program it shares.
-                program = capture.program_for(here[0])
-                # NOTE: the capture's time is charged before the fork, so the child's .pt2 path is not charged it again.
-                charged = capture.credit(PathResult(here[0])).export_seconds
                 lane.start()
+                program = capture.program_for(here[0])
+                if held and (program is None or violated_assert(program, spec, result.samples)):
+                    lane.release("exported_program")
+                charged = capture.credit(PathResult(here[0])).export_seconds
                 # NOTE: the first path's export needs only the export sample: it runs while the child computes eager's.
                 early = export_path(
                     here[0], copy.deepcopy(model), spec, result.samples[0], workdirs[here[0]], program=program
@@ -308,14 +317,23 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
 
 
 def _try(
-    name: str, model: Any, replayer: Replayer, workdir: Path, capture: SharedCapture, *, early: PathResult | None = None
+    name: str,
+    model: Any,
+    replayer: Replayer,
+    workdir: Path,
+    capture: SharedCapture | None,
+    *,
+    early: PathResult | None = None,
 ) -> PathResult:
     """`try_path` (or `verify_path` of an `early` export), from the shared capture where it serves `name`.
 
-    A rejected ``.pt2`` from the shared capture is captured again.
+    A rejected ``.pt2`` from the shared capture is captured again. Without `capture`, every path captures
+    on its own.
     """
     if early is not None:
         return verify_path(early, model, replayer, workdir)
+    if capture is None:
+        return try_path(name, model, replayer, workdir)
     program = capture.program_for(name)
     if program is None:
         return try_path(name, model, replayer, workdir)
