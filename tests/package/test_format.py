@@ -7,6 +7,7 @@ import pytest
 
 from tests.conftest import TINY
 from toolchain.build import pipeline
+from toolchain.build import seal as seal_module
 from toolchain.core.errors import ExportError, PackageError
 from toolchain.package.format import MANIFEST, check_integrity, open_package
 from toolchain.package.staging import stage_package
@@ -72,7 +73,7 @@ def test_unexpected_crash_while_packaging_leaves_old_package_intact(
     def boom(report):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(pipeline, "render_markdown", boom)
+    monkeypatch.setattr(seal_module, "render_markdown", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         pipeline.export_package(TINY, pkg, force=True)
     assert (pkg / MANIFEST).read_bytes() == before
