@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ import numpy as np
 from toolchain.core.errors import InferenceError, SpecError, first_line
 from toolchain.core.signature import FeedGuard, Signature
 
-__all__ = ["EagerSession", "flatten_outputs", "torch_available"]
+__all__ = ["EagerSession", "flatten_outputs", "one_thread", "torch_available"]
 
 
 class EagerSession:
@@ -72,3 +73,21 @@ def torch_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """While open, torch runs on one intra-op thread (then as many as before).
+
+    NOTE: a reduction split over threads sums in another order; outputs that go into a package (golden
+    samples, drift in its report) must not depend on the host's cores or on which process of an export
+    computed them (a lane's child runs on one thread).
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -58,10 +58,12 @@ def test_a_lane_ships_the_bytes_one_process_ships(tmp_path: Path) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        artifacts = json.loads((out / "manifest.json").read_text())["artifacts"]
-        files = sorted(f for a in artifacts for f in a["files"])
+        # NOTE: every file, golden samples and reports included (the manifest lists them all with their hashes).
+        manifest = json.loads((out / "manifest.json").read_text())
+        files = sorted(entry["path"] for entry in manifest["files"])
         hashes.append({f: hashlib.sha256((out / f).read_bytes()).hexdigest() for f in files})
-    assert len(hashes[0]) >= 5 and hashes[1] == hashes[0]
+        assert {f for a in manifest["artifacts"] for f in a["files"]} <= set(files)
+    assert len(hashes[0]) >= 20 and hashes[1] == hashes[0]
 
 
 def test_paths_a_dead_worker_did_not_finish_run_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

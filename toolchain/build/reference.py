@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.eager import EagerSession
+from runtimes.eager import EagerSession, one_thread
 from toolchain.build.fastpath import fast_path_causes
 from toolchain.build.paths import sizes
 from toolchain.build.state import reference_outputs
@@ -30,7 +30,18 @@ class Reference:
 
 
 def eager_reference(model: Any, spec: ModelSpec, samples: list[SampleSet]) -> Reference:
-    """Run eager on every sample set from the model as built; raises `InferenceError` naming the set."""
+    """Run eager on every sample set from the model as built; raises `InferenceError` naming the set.
+
+    Runs on one intra-op thread, whatever this process uses: a reduction split over threads sums in
+    another order, and the golden outputs a package ships must not depend on the host's cores or on
+    ``--workers`` (a lane's child computes them on one thread; translation.seq2seq's logits at batch 1
+    differed in the last bits between ``--workers 1`` and 2 before).
+    """
+    with one_thread():
+        return _eager_reference(model, spec, samples)
+
+
+def _eager_reference(model: Any, spec: ModelSpec, samples: list[SampleSet]) -> Reference:
     signature = input_signature(spec)
 
     def run(working: Any, sample: SampleSet) -> dict[str, np.ndarray]:
