@@ -19,13 +19,13 @@ def test_the_seal_replays_the_export_sample_and_the_package_verifies_in_full(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     asked: list[Any] = []
-    original = seal_module.verify_package
+    original = seal_module.replay_package
 
-    def spy(path: Path, **options: Any) -> Any:
+    def spy(package: Any, **options: Any) -> Any:
         asked.append(options.get("samples"))
-        return original(path, **options)
+        return original(package, **options)
 
-    monkeypatch.setattr(seal_module, "verify_package", spy)
+    monkeypatch.setattr(seal_module, "replay_package", spy)
     result = export_package(TINY, tmp_path / "pkg", formats=["onnx", "onnx_legacy"])
     assert result
     assert asked == [("export",)]

@@ -279,13 +279,13 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
                 program = capture.program_for(here[0])
                 if held and (program is None or violated_assert(program, spec, result.samples)):
                     lane.release("exported_program")
-                charged = capture.credit(PathResult(here[0])).export_seconds
                 # NOTE: the first path's export needs only the export sample: it runs while the child computes eager's.
                 early = export_path(
                     here[0], copy.deepcopy(model), spec, result.samples[0], workdirs[here[0]], program=program
                 )
-                early.export_seconds += charged
-                early = capture.credit(early)  # NOTE: the capture's findings
+                # NOTE: the capture's findings and time, charged to this first path only (the child never captures
+                # for it, so nothing is charged twice).
+                early = capture.credit(early)
             else:
                 lane.start()
             reference = lane.reference()

@@ -31,7 +31,7 @@ from toolchain.package import trust
 from toolchain.package.format import Package, open_package
 from toolchain.package.report import render_markdown
 from toolchain.package.staging import PackageStaging
-from toolchain.package.verify import verify_package
+from toolchain.package.verify import replay_package
 
 if TYPE_CHECKING:
     from toolchain.build.pipeline import ExportResult
@@ -47,9 +47,9 @@ def seal(result: ExportResult, staging: PackageStaging, out: Path, expected: lis
     """
     entries = _write_package(result, staging, expected)
     staging.finalize(build_manifest(result, entries))
-    package = open_package(staging.path)
+    package = open_package(staging.path)  # NOTE: integrity: schema, exact file set, every hash, read once
     _read_back(package, result.samples, expected, out)
-    check = verify_package(staging.path, limits=None, samples=(result.samples[0].name,))  # NOTE: written here
+    check = replay_package(package, samples=(result.samples[0].name,))
     if check.problems or not all(check.checks):
         raise PackageError(f"{out}: the staged package does not re-verify: {check.failure_lines()[0]}")
     result.package = staging.commit()

@@ -20,7 +20,7 @@ from toolchain.package import trust as trust_list
 from toolchain.package.format import Package, Problem, read_package
 from toolchain.package.sandbox import DEFAULT_LIMITS, Limits
 
-__all__ = ["ArtifactCheck", "VerificationReport", "replay", "verify_package"]
+__all__ = ["ArtifactCheck", "VerificationReport", "replay", "replay_package", "verify_package"]
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,6 @@ def verify_package(
     providers: Sequence[str] = ("auto",),
     limits: Limits | None = DEFAULT_LIMITS,
     progress: Callable[[str], None] = lambda artifact: None,
-    samples: Sequence[str] | None = None,
 ) -> VerificationReport:
     """Check hashes and the exact file set, then replay every sample on every runnable artifact.
 
@@ -141,8 +140,6 @@ def verify_package(
         limits: memory and time for loading and replaying the models of a package this machine did
             not export, in a child process (`toolchain.package.sandbox`); None runs them here.
         progress: called with each artifact's path before it is loaded.
-        samples: replay only the golden sample sets of these names (None: every one); for a package this
-            process has just written and verified set by set (`toolchain.build.seal`), not for a user's check.
 
     Raises:
         LimitError: an untrusted package's model went past `limits` (the message names it).
@@ -152,11 +149,31 @@ def verify_package(
     if package is None or problems:
         return VerificationReport(path, problems=tuple(problems))
     if limits is not None and not trust_list.is_trusted(path):
-        if samples is not None:
-            raise ValueError("samples= is for packages this process wrote (limits=None), not for a sandboxed check")
         from toolchain.package.sandbox import verify_in_child
 
         return verify_in_child(path, trust=trust, providers=providers, limits=limits)
+    return replay_package(package, trust=trust, providers=providers, progress=progress)
+
+
+def replay_package(
+    package: Package,
+    *,
+    trust: bool = False,
+    providers: Sequence[str] = ("auto",),
+    progress: Callable[[str], None] = lambda artifact: None,
+    samples: Sequence[str] | None = None,
+) -> VerificationReport:
+    """The replays of `verify_package` in this process, on a package already read (and so integrity-checked).
+
+    Args:
+        package: the package, read with `read_package` / `open_package`.
+        trust: as for `verify_package`.
+        providers: as for `verify_package`.
+        progress: as for `verify_package`.
+        samples: replay only the golden sample sets of these names (None: every one); for a package this
+            process has just written and verified set by set (`toolchain.build.seal`), not for a user's check.
+    """
+    path = package.path
     try:
         tolerance = package.tolerance
         trusted = trust or trust_list.is_trusted(path)
