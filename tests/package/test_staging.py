@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 
 from tests.canary import Canary
+from tests.conftest import TINY
+from toolchain.build.pipeline import export_package
 from toolchain.core.errors import PackageError
 from toolchain.package import staging
 from toolchain.package.format import MANIFEST, check_integrity
@@ -27,6 +30,7 @@ from toolchain.package import staging
 dest, step = Path(sys.argv[1]), sys.argv[2]
 staging._after_step = lambda name: os._exit(9) if name == step else None
 with staging.stage_package(dest, force=True) as s:
+    (s.scratch() / "work.bin").write_bytes(b"scratch")
     s.write_text("data.txt", "new " * 1000)
     s.write_text("nested/more.txt", "more")
     if step == "writing":
@@ -61,7 +65,8 @@ def _name(dest: Path) -> str:
 
 
 def _leftovers(parent: Path) -> list[str]:
-    return sorted(p.name for p in parent.iterdir() if ".staging-" in p.name or ".replaced-" in p.name)
+    kinds = (".staging-", ".replaced-", ".scratch-")
+    return sorted(p.name for p in parent.iterdir() if any(k in p.name for k in kinds))
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -74,7 +79,8 @@ def test_a_complete_package_is_at_out_whenever_the_export_is_killed(tmp_path: Pa
     assert check_integrity(dest) == []
     assert _name(dest) == ("new" if STEPS.index(step) >= STEPS.index("exchanged") else "old")
     killed_leftovers = _leftovers(tmp_path)
-    assert bool(killed_leftovers) == (step not in ("removed-old",))
+    assert any(".scratch-" in name for name in killed_leftovers)  # NOTE: a kill runs no clean-up of its own
+    assert any(".scratch-" not in name for name in killed_leftovers) == (step != "removed-old")
     # the next export cleans what the killed one left behind (its pid is dead) and replaces the package
     _package(dest, "next", force=True)
     assert _name(dest) == "next"
@@ -124,6 +130,24 @@ def test_staging_folders_of_live_processes_and_strangers_are_left_alone(tmp_path
     link.symlink_to(target)
     assert clean_stale(tmp_path / "pkg") == []
     assert live.is_dir() and other.is_dir() and (target / "keep.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_scratch_folder_goes_when_the_staging_ends(tmp_path: Path, fails: bool) -> None:
+    dest = tmp_path / "pkg"
+    live = tmp_path / f".pkg.scratch-{os.getppid()}-0123abcd"  # NOTE: another export, still running
+    live.mkdir()
+    with pytest.raises(RuntimeError) if fails else contextlib.nullcontext(), stage_package(dest) as s:
+        scratch = s.scratch()
+        assert scratch.parent == tmp_path and scratch.name.startswith(f".pkg.scratch-{os.getpid()}-")
+        assert s.scratch() == scratch
+        (scratch / "work.onnx").write_bytes(b"never shipped")
+        if fails:
+            raise RuntimeError("the export failed")
+        s.finalize(_manifest("new"))
+        s.commit()
+    assert not scratch.exists() and live.is_dir()
+    assert dest.is_dir() != fails and not any(p.name == "work.onnx" for p in tmp_path.rglob("*"))
 
 
 def test_out_that_is_a_symlink_is_refused_and_not_followed(tmp_path: Path) -> None:
@@ -181,6 +205,17 @@ def test_disk_full_is_a_clear_error_and_the_old_package_survives(
     canary.assert_untouched()
 
 
+def test_a_manifest_that_breaks_the_schema_is_refused_before_it_replaces_a_package(tmp_path: Path) -> None:
+    dest = _package(tmp_path / "pkg", "old")
+    broken = {**_manifest("new"), "recommended": {"16": 3}}
+    message = r"pkg: the manifest built for this package breaks the schema .*recommended"
+    with pytest.raises(PackageError, match=message), stage_package(dest, force=True) as s:
+        s.write_text("data.txt", "new")
+        s.finalize(broken)
+        s.commit()
+    assert _name(dest) == "old" and check_integrity(dest) == [] and _leftovers(tmp_path) == []
+
+
 def test_commit_needs_finalize(tmp_path: Path) -> None:
     s = PackageStaging(tmp_path / "pkg", force=False)
     with pytest.raises(PackageError, match="finalize"):
@@ -236,3 +271,7 @@ def test_export_force_killed_at_each_commit_step_leaves_a_complete_package(
     artifacts = [a["path"] for a in json.loads((out / MANIFEST).read_text())["artifacts"]]
     replaced = STEPS.index(step) >= STEPS.index("exchanged")
     assert artifacts == (["onnx/model.onnx"] if replaced else [a["path"] for a in old])
+    # the export paths' work folders were left by the kill; the next export to the same --out removes them
+    assert any(".pkg.scratch-" in name for name in _leftovers(tmp_path))
+    assert export_package(TINY, out, formats=["onnx"], optimize=False, force=True)
+    assert _leftovers(tmp_path) == [] and check_integrity(out) == []

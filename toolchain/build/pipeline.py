@@ -222,7 +222,7 @@ def _run_stages(result: ExportResult, out: Path, plan: _Plan, *, progress: Calla
         for name in plan.candidates:
             workdirs[name] = Path(
                 scratch.enter_context(
-                    tempfile.TemporaryDirectory(prefix=f".{staging.dest.name}.{name}-", dir=staging.path.parent)
+                    tempfile.TemporaryDirectory(prefix=f".{staging.dest.name}.{name}-", dir=staging.scratch())
                 )
             )
         fork = can_fork(plan.workers)

@@ -12,8 +12,10 @@ At every instant some complete package (the old one or the new one) is at ``--ou
 Where ``renameat2`` is missing (other systems, or a file system that refuses the flags) the fallback
 is two renames (old aside, new in), with a window of a few microseconds in which ``--out`` is absent;
 a kill in that window leaves the old package at ``.<name>.replaced-<pid>-<random>``, and the next
-export restores it before anything else. A staging or replaced folder whose process is dead is
-removed by the next export to the same ``--out``.
+export restores it before anything else. Work files that never ship (each export path's own folder)
+live under ``.<name>.scratch-<pid>-<random>`` (`PackageStaging.scratch`), removed when the export
+ends. A staging, replaced or scratch folder whose process is dead (an export killed with SIGKILL or
+by the OOM killer) is removed by the next export to the same ``--out``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import numpy as np
 
 from toolchain.core.errors import PackageError
 from toolchain.package.format import MANIFEST, SCHEMA_VERSION
+from toolchain.package.schema import parse_manifest
 
 __all__ = ["PackageStaging", "check_destination", "clean_stale", "exchange", "stage_package"]
 
@@ -61,6 +64,25 @@ class PackageStaging:
         self.path = self.dest.parent / f".{self.dest.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.path.mkdir(parents=True)
         self.committed = False
+        self._scratch: Path | None = None
+
+    def scratch(self) -> Path:
+        """A folder beside the staging one for work files that never ship (created on first use).
+
+        Removed when the staging ends, committed or not; one left by a killed process goes with the next
+        export's `clean_stale`, because its name carries this process's pid.
+        """
+        if self._scratch is None:
+            self._scratch = self.path.with_name(self.path.name.replace(".staging-", ".scratch-", 1))
+            self._scratch.mkdir()
+        return self._scratch
+
+    def discard(self) -> None:
+        """Remove the scratch folder, and the staging folder unless it was committed."""
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+        if not self.committed:
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def file(self, rel: str) -> Path:
         """Absolute path for `rel` inside the staging folder, parents created."""
@@ -88,7 +110,11 @@ class PackageStaging:
         return self.write_text(rel, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     def finalize(self, manifest: Mapping[str, Any]) -> None:
-        """Hash every staged file into `manifest` and write it; the folder is then a whole package."""
+        """Hash every staged file into `manifest` and write it; the folder is then a whole package.
+
+        Raises:
+            PackageError: the manifest breaks the schema every reader checks (a toolchain bug).
+        """
         entries = []
         for p in sorted(self.path.rglob("*")):
             rel = p.relative_to(self.path).as_posix()
@@ -96,7 +122,15 @@ class PackageStaging:
                 with p.open("rb") as f:
                     digest = hashlib.file_digest(f, "sha256").hexdigest()
                 entries.append({"path": rel, "size": p.stat().st_size, "sha256": digest})
-        self.write_json(MANIFEST, {**manifest, "schema_version": SCHEMA_VERSION, "files": entries})
+        text = json.dumps({**manifest, "schema_version": SCHEMA_VERSION, "files": entries}, indent=2, sort_keys=True)
+        try:
+            parse_manifest(text.encode())  # NOTE: a manifest readers would refuse must never replace a package
+        except PackageError as e:
+            raise PackageError(
+                f"{self.dest}: the manifest built for this package breaks the schema ({e}); nothing was written "
+                "there; this is a toolchain bug, please report it"
+            ) from e
+        self.write_text(MANIFEST, text + "\n")
 
     def commit(self) -> Path:
         """Swap the finalized folder into place atomically; an old package is replaced only when forced."""
@@ -130,8 +164,7 @@ def stage_package(dest: Path, *, force: bool = False) -> Iterator[PackageStaging
         with _disk_full_is_an_error(Path(dest), "the package"):
             yield staging
     finally:
-        if not staging.committed:
-            shutil.rmtree(staging.path, ignore_errors=True)
+        staging.discard()
 
 
 def check_destination(dest: Path, *, force: bool) -> None:
@@ -178,13 +211,14 @@ def exchange(new: Path, dest: Path) -> Path | None:
 
 
 def clean_stale(dest: Path) -> list[Path]:
-    """Remove staging folders of `dest` left by dead processes; restore a package left aside by the fallback.
+    """Remove staging and scratch folders of `dest` left by dead processes; restore a package left aside.
 
-    Only folders named ``.<name>.staging-<pid>-<hex8>`` / ``.<name>.replaced-<pid>-<hex8>`` beside
-    `dest`, real folders (not links) whose pid is no longer running, are touched. Returns the removed ones.
+    Only folders named ``.<name>.staging-<pid>-<hex8>`` / ``.<name>.scratch-<pid>-<hex8>`` /
+    ``.<name>.replaced-<pid>-<hex8>`` beside `dest`, real folders (not links) whose pid is no longer
+    running, are touched. Returns the removed ones.
     """
     dest = Path(dest)
-    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.(staging|replaced)-(\d+)-[0-9a-f]{{8}}$")
+    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.(staging|scratch|replaced)-(\d+)-[0-9a-f]{{8}}$")
     removed = []
     try:
         siblings = sorted(os.scandir(dest.parent), key=lambda e: e.name)

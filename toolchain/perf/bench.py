@@ -147,8 +147,7 @@ def record_bench(report: BenchReport) -> Path:
         staging.finalize(manifest)
         committed = staging.commit()
     finally:
-        if not staging.committed:
-            shutil.rmtree(staging.path, ignore_errors=True)
+        staging.discard()
     if was_trusted:
         trust_list.remember(committed)
     return committed
