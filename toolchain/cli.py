@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from toolchain.core.errors import TargetError, ToolchainError
+from toolchain.core.errors import HostError, TargetError, ToolchainError
 from toolchain.core.text import printable
 
 if TYPE_CHECKING:
@@ -251,17 +251,22 @@ def verify(
     ] = "python",
 ) -> None:
     """Check every file's hash, then replay the golden samples; exit 1 on any failure."""
-    if host != "python":
-        _verify_on_hosts(package, host=host, trust=trust)
-        return
     from toolchain.package.sandbox import Limits, parse_size
     from toolchain.package.signing import manifest_digest, verify_signature
     from toolchain.package.verify import verify_package
 
+    if host != "python" and provider != "auto":
+        raise HostError(
+            f"--provider {provider}: chooses ONNX Runtime providers for --host python only; {host} replays on its "
+            "own CPU runtime (drop --provider)"
+        )
     limits = Limits(memory_bytes=parse_size(max_memory), seconds=max_time)
     with _package_folder(package) as folder:
         if require_signature or public_key is not None or certificate_chain:
             typer.echo(verify_signature(folder, public_key=public_key, certificate_chain=certificate_chain or ()))
+        if host != "python":
+            _verify_on_hosts(folder, shown=package, host=host, trust=trust, strict=strict)
+            return
         if (folder / "manifest.json").is_file():
             typer.echo(f"manifest sha256: {manifest_digest(folder)}")
         report = verify_package(folder, trust=trust, providers=_providers(provider), limits=limits)
@@ -363,11 +368,14 @@ def _parse_bytes(text: str, option: str) -> int:
     return int(float(match[1]) * 1024**power)
 
 
-def _verify_on_hosts(package: Path, *, host: str, trust: bool) -> None:
-    """``verify --host``: one host's lines, or with ``all`` every host and a host x artifact table."""
+def _verify_on_hosts(folder: Path, *, shown: Path, host: str, trust: bool, strict: bool) -> None:
+    """``verify --host``: one host's lines, or with ``all`` every host and a host x artifact table.
+
+    With `strict`, every artifact must have been verified on at least one of the hosts asked for.
+    """
     from toolchain.hosts import HOSTS, host_table, verify_on
 
-    results = [verify_on(name, package, trust=trust) for name in (HOSTS if host == "all" else (host,))]
+    results = [verify_on(name, folder, trust=trust) for name in (HOSTS if host == "all" else (host,))]
     for result in results:
         for line in result.summary:
             typer.echo(f"[{result.host}] {line}")
@@ -378,9 +386,18 @@ def _verify_on_hosts(package: Path, *, host: str, trust: bool) -> None:
             typer.echo(line)
     failed = [r.host for r in results if not r]
     if failed:
-        typer.echo(f"not verified on {', '.join(failed)}: {package}")
+        typer.echo(f"not verified on {', '.join(failed)}: {shown}")
         raise typer.Exit(1)
-    typer.echo(f"verified on {', '.join(r.host for r in results)}: {package}")
+    verified = {a.path for r in results for a in r.artifacts if a.passed}
+    unverified = sorted({p for r in results for p in (*r.skipped, *r.refused)} - verified)
+    if strict and unverified:
+        typer.echo(f"--strict: not verified on {', '.join(r.host for r in results)}: {', '.join(unverified)}", err=True)
+        raise typer.Exit(1)
+    where = ", ".join(r.host for r in results)
+    if unverified:
+        typer.echo(f"partly verified on {where}: {shown}: not checked there: {', '.join(unverified)}")
+        return
+    typer.echo(f"verified on {where}: {shown}")
 
 
 @app.command()

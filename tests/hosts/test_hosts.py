@@ -199,3 +199,39 @@ def test_cli_verify_unknown_host_is_one_line(hosts_package: Path) -> None:
     )
     assert proc.returncode == 1
     assert proc.stderr.strip() == "error: unknown host 'wasm'; choose one of python, node, browser, cpp or all"
+
+
+def _cli_verify(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "toolchain.cli", "verify", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_cli_verify_on_a_host_says_what_it_did_not_check_and_strict_fails_on_it(hosts_package: Path) -> None:
+    torchscript = sorted(_artifacts(hosts_package, "torchscript"))
+    proc = _cli_verify(str(hosts_package), "--host", "node")
+    assert proc.returncode == 0, proc.stderr
+    assert f"partly verified on node: {hosts_package}: not checked there: {', '.join(torchscript)}" in proc.stdout
+    strict = _cli_verify(str(hosts_package), "--host", "node", "--strict")
+    assert strict.returncode == 1
+    assert f"--strict: not verified on node: {', '.join(torchscript)}" in strict.stderr
+
+
+def test_cli_verify_on_a_host_checks_the_signature_first_and_reads_archives(
+    hosts_package: Path, tmp_path: Path
+) -> None:
+    from toolchain.package.archive import pack
+
+    unsigned = _cli_verify(str(hosts_package), "--host", "node", "--require-signature")
+    assert unsigned.returncode == 1 and "model.sig" in unsigned.stderr and "[node]" not in unsigned.stdout
+    archive = pack(hosts_package, tmp_path / "pkg.zip")
+    packed = _cli_verify(str(archive), "--host", "node")
+    assert packed.returncode == 0, packed.stderr
+    assert f"partly verified on node: {archive}: not checked there" in packed.stdout
+
+
+def test_cli_verify_provider_is_refused_for_another_host(hosts_package: Path) -> None:
+    proc = _cli_verify(str(hosts_package), "--host", "node", "--provider", "cuda")
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        "error: --provider cuda: chooses ONNX Runtime providers for --host python only; node replays on its own CPU "
+        "runtime (drop --provider)"
+    )
