@@ -31,3 +31,11 @@ def test_the_exploration_record_adds_to_what_the_registry_held() -> None:
     assert record["worst_ratio"] == 3.0 and record["p50_ms"] == 2.0 and record["against"] == "1"
     idle = exploration_record(Exploration("m", "2", "", "shadow", dropped=2), {**base, "p50_ms": "7", "against": "1"})
     assert idle["p50_ms"] == 7.0 and idle["against"] == "1" and idle["requests"] == 40
+
+
+def test_the_exploration_record_starts_again_against_a_new_production() -> None:
+    base = {"requests": "40", "beyond": "3", "max_abs": "0.5", "worst_ratio": "2", "against": "1"}
+    found = Exploration("m", "3", "2", "shadow", requests=10, max_abs=0.25, worst_ratio=0.5)
+    record = exploration_record(found, base)
+    assert (record["requests"], record["beyond"], record["max_abs"], record["worst_ratio"]) == (10, 0, 0.25, 0.5)
+    assert record["against"] == "2"

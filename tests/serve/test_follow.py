@@ -285,3 +285,41 @@ def test_a_copy_the_candidate_cannot_take_is_dropped_and_counted() -> None:
     assert (found.version, found.requests, found.dropped) == ("2", 0, 3)
     assert explorer.route(model, model.serving) is model.serving  # NOTE: shadow mode never answers by the candidate
     repository.close()
+
+
+def test_shadow_counts_start_again_when_production_changes() -> None:
+    from concurrent.futures import Future
+
+    from toolchain.serve.repository import Model, ModelVersion
+    from toolchain.serve.shadow import Explorer
+    from toolchain.serve.versions import VersionSpec
+
+    class Echo:
+        def submit(self, feeds: dict[str, np.ndarray], *, deadline: float) -> Future[dict[str, np.ndarray]]:
+            done: Future[dict[str, np.ndarray]] = Future()
+            done.set_result({"y": feeds["x"]})
+            return done
+
+        def close(self) -> None:
+            pass
+
+    repository = Repository()
+    model = Model("m")
+    for name in ("1", "2", "3"):
+        version = ModelVersion(VersionSpec("m", name, Path(name)), repository.metrics.version("m", name), "ready")
+        version.batcher = Echo()  # type: ignore[assignment]
+        model.versions[name] = version
+    repository.models["m"] = model
+    explorer = Explorer(repository)
+    explorer.set_candidate("m", "3")
+    model.serving = model.versions["1"]
+    for _ in range(4):
+        explorer.observe(model.serving, {"x": X}, {"y": X + 1.0}, 0.001)  # NOTE: production 1 differs by 1.0
+    (found,) = explorer.snapshot()
+    assert (found.against, found.requests, found.beyond) == ("1", 4, 4) and found.max_abs == pytest.approx(1.0)
+    model.serving = model.versions["2"]  # NOTE: a promotion
+    for _ in range(2):
+        explorer.observe(model.serving, {"x": X}, {"y": X}, 0.001)
+    (found,) = explorer.snapshot()
+    assert (found.against, found.requests, found.beyond, found.max_abs) == ("2", 2, 0, 0.0)
+    repository.close()

@@ -157,8 +157,11 @@ class RegistryFollower:
 def exploration_record(found: Exploration, base: dict[str, str]) -> dict[str, Any]:
     """The registry record of `found`, counts added to `base` (what the registry held when this server began).
 
-    Worst values are the worst of both; the p50s are this server's when it compared any request.
+    Worst values are the worst of both; the p50s are this server's when it compared any request. A base
+    recorded against another production version is dropped: the counts start again against this one.
     """
+    if found.against and base.get("against", found.against) != found.against:
+        base = {}
 
     def number(key: str) -> float:
         try:

@@ -43,7 +43,8 @@ class Exploration:
     Args:
         model: model name.
         version: the candidate version.
-        against: the production version it was compared with (the latest one).
+        against: the production version it was compared with; when production changes, every count
+            starts again (a comparison with the old version says nothing about the new one).
         mode: ``shadow`` or ``share``.
         requests: requests answered by both and compared.
         dropped: copies not run (the other version's queue was full, it stopped, or it failed).
@@ -235,7 +236,11 @@ class Explorer:
         tolerance = runner.tolerance if runner is not None else Tolerance()
         max_abs, max_rel, ratio = drift(candidate_out, production_out, tolerance)
         with self._lock:
-            tally = self._tallies.setdefault((candidate.spec.model, candidate.name), _Tally())
+            key = (candidate.spec.model, candidate.name)
+            tally = self._tallies.setdefault(key, _Tally())
+            if tally.against and tally.against != production.name:
+                # NOTE: production changed (a promotion): evidence against the old one says nothing about the new
+                tally = self._tallies[key] = _Tally()
             tally.against = production.name
             tally.requests += 1
             tally.beyond += ratio > 1
